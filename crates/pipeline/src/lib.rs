@@ -1,0 +1,1 @@
+//! relay-pipeline: (being built)

@@ -1,0 +1,1 @@
+//! relay-state: (being built)

