@@ -163,6 +163,9 @@ impl fmt::Display for Audience {
 }
 
 /// A national cloud, or explicit endpoints (which is how tests point at the simulator).
+// Built once per tenant at start-up; boxing `Custom` would only make every construction
+// site noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cloud {
     /// Commercial cloud.
@@ -175,6 +178,108 @@ pub enum Cloud {
     Dod,
     /// Explicit base URLs.
     Custom(Endpoints),
+}
+
+impl Cloud {
+    /// The named clouds, as written in config files (`cloud = "gcc_high"`).
+    pub const NAMED: [(&'static str, Cloud); 4] = [
+        ("global", Cloud::Global),
+        ("gcc", Cloud::Gcc),
+        ("gcc_high", Cloud::GccHigh),
+        ("dod", Cloud::Dod),
+    ];
+
+    /// The named cloud called `name` (`global`, `gcc`, `gcc_high`, `dod`).
+    pub fn from_name(name: &str) -> Option<Cloud> {
+        Cloud::NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The config-file name of the cloud; `custom` for explicit endpoints.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cloud::Global => "global",
+            Cloud::Gcc => "gcc",
+            Cloud::GccHigh => "gcc_high",
+            Cloud::Dod => "dod",
+            Cloud::Custom(_) => "custom",
+        }
+    }
+
+    /// Where this cloud's Entra authority and APIs live, and which resource identifiers
+    /// its tokens are requested for.
+    ///
+    /// Hosts are Microsoft's documented ones: "Microsoft Defender for Endpoint for US
+    /// Government customers" and "Microsoft Defender XDR for US Government customers" (API
+    /// section: sign-in `login.microsoftonline.com` for GCC and `login.microsoftonline.us`
+    /// for GCC High and DoD; M365 Defender `api-gcc.security.microsoft.us` /
+    /// `api-gov.security.microsoft.us`; Defender for Endpoint
+    /// `api-gcc.securitycenter.microsoft.us` / `api-gov.securitycenter.microsoft.us`) and
+    /// "Microsoft Graph national cloud deployments" (GCC keeps the worldwide
+    /// `graph.microsoft.com`; GCC High uses `graph.microsoft.us`; DoD
+    /// `dod-graph.microsoft.us`; Graph scopes must use the national Graph host).
+    ///
+    /// Uncertain: Microsoft does not document the *resource identifiers* of the two
+    /// Defender APIs in the US Government clouds. We use the API host, as in the
+    /// commercial cloud and as the scripts we found for GCC do
+    /// (`https://api-gcc.securitycenter.microsoft.us/.default`). If a government tenant's
+    /// token request fails with AADSTS500011 (resource not found), override the
+    /// resource with `[cloud]` and explicit `resource_*` keys.
+    pub fn endpoints(&self) -> Endpoints {
+        let (login, m365d, mde, graph) = match self {
+            Cloud::Custom(endpoints) => return endpoints.clone(),
+            Cloud::Global => (
+                "https://login.microsoftonline.com",
+                RESOURCE_THREAT_PROTECTION,
+                RESOURCE_WINDOWS_DEFENDER_ATP,
+                RESOURCE_GRAPH,
+            ),
+            Cloud::Gcc => (
+                "https://login.microsoftonline.com",
+                "https://api-gcc.security.microsoft.us",
+                "https://api-gcc.securitycenter.microsoft.us",
+                RESOURCE_GRAPH,
+            ),
+            Cloud::GccHigh => (
+                "https://login.microsoftonline.us",
+                "https://api-gov.security.microsoft.us",
+                "https://api-gov.securitycenter.microsoft.us",
+                "https://graph.microsoft.us",
+            ),
+            Cloud::Dod => (
+                "https://login.microsoftonline.us",
+                "https://api-gov.security.microsoft.us",
+                "https://api-gov.securitycenter.microsoft.us",
+                "https://dod-graph.microsoft.us",
+            ),
+        };
+        Endpoints {
+            login: builtin_url(login),
+            m365d: builtin_url(m365d),
+            mde: builtin_url(mde),
+            graph: builtin_url(graph),
+            resource_threat_protection: m365d.to_string(),
+            resource_windows_defender_atp: mde.to_string(),
+            resource_graph: graph.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses one of the literal URLs above. They are constants checked by a unit test, so a
+/// failure here is a typo in this file, not an input error.
+fn builtin_url(url: &'static str) -> Url {
+    match Url::parse(url) {
+        Ok(url) => url,
+        Err(e) => unreachable!("built-in URL {url} does not parse: {e}"),
+    }
 }
 
 /// Where to send requests and which resource identifiers to ask tokens for.
@@ -218,7 +323,10 @@ impl Endpoints {
 
     /// The v2 scope for `audience`: `<resource>/.default`.
     pub fn scope_for(&self, audience: Audience) -> String {
-        format!("{}/.default", self.resource_for(audience).trim_end_matches('/'))
+        format!(
+            "{}/.default",
+            self.resource_for(audience).trim_end_matches('/')
+        )
     }
 
     /// Endpoints of `base` for every API, with the global cloud's resource identifiers.
@@ -243,3 +351,59 @@ pub const RESOURCE_THREAT_PROTECTION: &str = "https://api.security.microsoft.com
 pub const RESOURCE_WINDOWS_DEFENDER_ATP: &str = "https://api.securitycenter.microsoft.com";
 /// Global resource identifier of Microsoft Graph.
 pub const RESOURCE_GRAPH: &str = "https://graph.microsoft.com";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_cloud_has_https_endpoints() {
+        for (name, cloud) in Cloud::NAMED {
+            assert_eq!(Cloud::from_name(name), Some(cloud.clone()));
+            assert_eq!(cloud.as_str(), name);
+            let e = cloud.endpoints();
+            for url in [&e.login, &e.m365d, &e.mde, &e.graph] {
+                assert_eq!(url.scheme(), "https", "{name}: {url}");
+            }
+        }
+        assert_eq!(Cloud::from_name("china"), None);
+    }
+
+    #[test]
+    fn global_cloud_uses_the_global_resource_identifiers() {
+        let e = Cloud::Global.endpoints();
+        assert_eq!(e.resource_for(Audience::Graph), RESOURCE_GRAPH);
+        assert_eq!(
+            e.scope_for(Audience::ThreatProtection),
+            "https://api.security.microsoft.com/.default"
+        );
+        assert_eq!(e.login.as_str(), "https://login.microsoftonline.com/");
+    }
+
+    #[test]
+    fn government_clouds_use_government_hosts() {
+        let gcc = Cloud::Gcc.endpoints();
+        assert_eq!(gcc.login.host_str(), Some("login.microsoftonline.com"));
+        assert_eq!(gcc.graph.host_str(), Some("graph.microsoft.com"));
+        assert_eq!(
+            gcc.mde.host_str(),
+            Some("api-gcc.securitycenter.microsoft.us")
+        );
+        let high = Cloud::GccHigh.endpoints();
+        assert_eq!(high.login.host_str(), Some("login.microsoftonline.us"));
+        assert_eq!(
+            high.scope_for(Audience::Graph),
+            "https://graph.microsoft.us/.default"
+        );
+        let dod = Cloud::Dod.endpoints();
+        assert_eq!(dod.graph.host_str(), Some("dod-graph.microsoft.us"));
+        assert_eq!(dod.m365d.host_str(), Some("api-gov.security.microsoft.us"));
+    }
+
+    #[test]
+    fn custom_cloud_returns_its_endpoints() {
+        let base = Url::parse("http://127.0.0.1:8080/").unwrap();
+        let e = Endpoints::single_host(&base);
+        assert_eq!(Cloud::Custom(e.clone()).endpoints(), e);
+    }
+}
