@@ -1,1 +1,31 @@
-//! relay-state: (being built)
+//! relay-state: xdr-relay's durable state, in one SQLite file.
+//!
+//! It keeps what must survive a crash or restart so that no incident is lost or
+//! repeated: per (tenant, feed) the checkpoint and the versions already handed to the
+//! outboxes inside the lookback window; per sink an append-only outbox that the sink
+//! worker drains and acknowledges; per tenant the auth state and the refresh token,
+//! encrypted with a key kept outside the file. The central operation is
+//! [`StateStore::commit_poll`], one transaction that appends a poll's events to every
+//! outbox, records their versions as seen and advances the checkpoint: a crash before it
+//! re-polls, after it nothing is lost.
+//!
+//! The crate knows nothing of HTTP, Defender or sinks: tenants, feeds and sinks are
+//! string keys, events are bytes. The API is synchronous and narrow so that a second
+//! backend (PostgreSQL, for several instances sharing state) is another implementation
+//! of the same methods over the same [`types`].
+
+mod error;
+mod key;
+mod schema;
+mod store;
+mod ticks;
+pub mod types;
+
+pub use error::{Result, StateError};
+pub use key::{StateKey, KEY_LEN};
+pub use store::StateStore;
+pub use ticks::truncate_to_tick;
+pub use types::{
+    AuthState, CommitOutcome, FeedStatus, OutboxDepth, OutboxLimit, OutboxRow, PollCommit,
+    SinkStatus, StatusSnapshot, StoreOptions, TenantStatus, TimedError,
+};

@@ -1,0 +1,226 @@
+//! The one error type of the state store.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rusqlite::ErrorCode;
+
+/// Everything that can go wrong opening or using the state store.
+///
+/// Every variant names the state file (or key file) so an operator reading the message knows
+/// which file to look at; none carries a token or key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// A read-only open found no state file; only the daemon creates one.
+    #[error("state file {path} does not exist (has the daemon run yet?)")]
+    NotFound {
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// The state file (or its `-wal`/`-shm` companions) could not be created, read or
+    /// have its permissions set.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
+    /// The file exists but is not an SQLite database at all.
+    #[error(
+        "state file {path} is not an SQLite database (wrong path in [state], or overwritten?)"
+    )]
+    NotSqlite {
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// SQLite found the database image malformed. Restore a backup or move the file aside.
+    #[error("state file {path} is corrupt: {source}")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// SQLite's own report.
+        source: rusqlite::Error,
+    },
+
+    /// The file is an SQLite database, but not one xdr-relay created (its `application_id`
+    /// is not ours). xdr-relay refuses to write into another program's database.
+    #[error(
+        "state file {path} is an SQLite database of another application \
+         (application_id {found:#010x}, expected {expected:#010x}); refusing to use it"
+    )]
+    Foreign {
+        /// The state file.
+        path: PathBuf,
+        /// The `application_id` found in the file header.
+        found: i32,
+        /// xdr-relay's `application_id`.
+        expected: i32,
+    },
+
+    /// The schema was written by a newer xdr-relay; this one cannot know what it means.
+    #[error(
+        "state file {path} has schema version {found}, newer than version {supported} known \
+         to this xdr-relay; upgrade xdr-relay or restore the state file that matches it"
+    )]
+    NewerSchema {
+        /// The state file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+
+    /// A read-only open found an older schema; only a read-write open migrates.
+    #[error(
+        "state file {path} has schema version {found}, older than version {supported}; \
+         start the daemon once so it migrates the file"
+    )]
+    OlderSchema {
+        /// The state file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found.
+        found: i64,
+        /// The version this build needs.
+        supported: i64,
+    },
+
+    /// The state key given does not decrypt the key check value stored when the first key
+    /// was used with this file: refresh tokens in it would not decrypt either.
+    #[error(
+        "wrong state key for {path}: the file's refresh tokens were encrypted with another key \
+         (check [state] key_file, or re-onboard the tenants with a new state file)"
+    )]
+    WrongKey {
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// A refresh-token operation on a store opened without a state key.
+    #[error("state file {path}: storing or reading refresh tokens needs a state key, and none was given")]
+    KeyRequired {
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// A stored refresh token failed authenticated decryption although the key is right:
+    /// the row was altered or copied from another tenant.
+    #[error(
+        "refresh token of tenant {tenant} in {path} fails authentication \
+         (tampered with, or copied from another tenant); re-onboard the tenant"
+    )]
+    TokenUndecryptable {
+        /// The tenant's configured name.
+        tenant: String,
+        /// The state file.
+        path: PathBuf,
+    },
+
+    /// The state key file is missing, unreadable, or does not hold a 32-byte key.
+    #[error("state key file {path}: {reason}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The I/O error, if there was one.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// A write on a store opened with [`StateStore::open_read_only`](crate::StateStore::open_read_only).
+    #[error(
+        "state file {path} is open read-only; {operation} needs the daemon's read-write store"
+    )]
+    ReadOnly {
+        /// The state file.
+        path: PathBuf,
+        /// The refused operation.
+        operation: &'static str,
+    },
+
+    /// Another connection held the database lock for longer than the busy timeout.
+    #[error("state file {path}: {operation} timed out waiting for a lock held by another process (is a second xdr-relay using this file?)")]
+    Busy {
+        /// The state file.
+        path: PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// SQLite's report.
+        source: rusqlite::Error,
+    },
+
+    /// A timestamp outside what 100-ns ticks in an `i64` can hold (about ±29,000 years).
+    #[error("time {time} is outside the range the state store can hold")]
+    TimeOutOfRange {
+        /// The offending time, formatted.
+        time: String,
+    },
+
+    /// A value read back from the file does not make sense (e.g. an unknown auth state); the
+    /// file was edited by hand or by a buggy build.
+    #[error("state file {path}: unexpected {what} in table {table}")]
+    Invalid {
+        /// The state file.
+        path: PathBuf,
+        /// The table holding it.
+        table: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+
+    /// Any other SQLite failure (a constraint such as an empty sink or tenant name, disk
+    /// full, an I/O error), with the operation that hit it.
+    #[error("state file {path}: {operation} failed: {source}")]
+    Sqlite {
+        /// The state file.
+        path: PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// SQLite's report.
+        source: rusqlite::Error,
+    },
+}
+
+impl StateError {
+    /// Whether trying the same operation again later may succeed without anyone acting:
+    /// lock contention, a full disk being cleaned up, a passing I/O error. Schema, key and
+    /// file-identity problems are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Busy { .. } => true,
+            StateError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::OutOfMemory)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Sorts a raw SQLite error into the variant an operator can act on.
+    pub(crate) fn sqlite(path: &Path, operation: &'static str, source: rusqlite::Error) -> Self {
+        let path = path.to_path_buf();
+        match source.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StateError::Busy {
+                path,
+                operation,
+                source,
+            },
+            Some(ErrorCode::DatabaseCorrupt) => StateError::Corrupt { path, source },
+            Some(ErrorCode::NotADatabase) => StateError::NotSqlite { path },
+            _ => StateError::Sqlite {
+                path,
+                operation,
+                source,
+            },
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;

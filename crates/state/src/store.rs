@@ -1,0 +1,1044 @@
+//! [`StateStore`]: the SQLite implementation of the state store.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, MutexGuard};
+use relay_config::Secret;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Result, StateError};
+use crate::key::{restrict_permissions, Sealer, StateKey};
+use crate::schema::{self, Identity};
+use crate::ticks::{from_ticks, to_ticks};
+use crate::types::{
+    AuthState, CommitOutcome, FeedStatus, OutboxDepth, OutboxRow, PollCommit, SinkStatus,
+    StatusSnapshot, StoreOptions, TenantStatus, TimedError,
+};
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+const KEY_CHECK_NAME: &str = "key_check";
+const KEY_CHECK_AAD: &[u8] = b"xdr-relay state key check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"xdr-relay state key check v1";
+const TOKEN_AAD_PREFIX: &[u8] = b"xdr-relay refresh token\0";
+
+/// The durable state of one xdr-relay process: checkpoints, seen versions, per-sink
+/// outboxes, tenant auth state and encrypted refresh tokens, in one SQLite file.
+///
+/// The API is synchronous; async callers use `spawn_blocking` or a dedicated thread.
+///
+/// `StateStore` is `Send + Sync` and meant to be shared in an `Arc`. It holds two
+/// connections, each behind a mutex: one writer, because SQLite serialises writers
+/// anyway and a pool of them would only contend for the same lock; and one reader, so
+/// sink workers reading their outbox and `status` reads do not queue behind a commit's
+/// fsync (WAL lets a reader proceed while the writer commits).
+///
+/// Durability: WAL mode with `synchronous = FULL`, so every commit is fsynced before it
+/// returns. `NORMAL` would be faster but may lose the last commits on power loss, and
+/// a lost rotated refresh token costs a customer re-consent; a lost outbox row after its
+/// checkpoint advanced would be a lost incident. Batching many events per commit keeps
+/// the fsync cost small.
+pub struct StateStore {
+    path: PathBuf,
+    writer: Option<Mutex<Connection>>,
+    reader: Mutex<Connection>,
+    sealer: Option<Sealer>,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .field("read_only", &self.writer.is_none())
+            .field("has_key", &self.sealer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens (creating if missing, with mode 0600) the state file at `path` for reading
+    /// and writing, migrates its schema, and checks `key` against the file.
+    ///
+    /// Without a key everything but refresh tokens works. With one, the first open
+    /// stores a key check value; later opens with another key fail with
+    /// [`StateError::WrongKey`].
+    pub fn open(path: &Path, key: Option<&StateKey>, options: StoreOptions) -> Result<Self> {
+        let path = path.to_path_buf();
+        create_or_check_file(&path)?;
+
+        let mut writer = open_connection(&path, OpenFlags::SQLITE_OPEN_READ_WRITE, &options)?;
+        // Refuse a foreign file before anything (even the journal mode) is written to it.
+        if schema::identify(&writer, &path)? == Identity::Fresh {
+            // Only settable before the first table exists; it lets `ack` give the space of
+            // a drained backlog back to the filesystem (see `reclaim_space`).
+            writer
+                .pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(|e| StateError::sqlite(&path, "configuring the connection", e))?;
+        }
+        configure_writer(&writer, &path)?;
+        schema::migrate(&mut writer, &path)?;
+        for file in [
+            path.clone(),
+            companion(&path, "-wal"),
+            companion(&path, "-shm"),
+        ] {
+            match restrict_permissions(&file) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Io { path: file, source }),
+                Ok(()) => {}
+            }
+        }
+        let sealer = key.map(StateKey::sealer);
+        if let Some(sealer) = &sealer {
+            check_key(&writer, &path, sealer, true)?;
+        }
+
+        let reader = open_connection(&path, OpenFlags::SQLITE_OPEN_READ_ONLY, &options)?;
+        tracing::debug!(path = %path.display(), "state store open");
+        Ok(StateStore {
+            path,
+            writer: Some(Mutex::new(writer)),
+            reader: Mutex::new(reader),
+            sealer,
+            options,
+        })
+    }
+
+    /// Opens an existing state file for reading only, e.g. for `xdr-relay status` while
+    /// the daemon runs. Never creates, migrates or changes the file; every write returns
+    /// [`StateError::ReadOnly`].
+    pub fn open_read_only(
+        path: &Path,
+        key: Option<&StateKey>,
+        options: StoreOptions,
+    ) -> Result<Self> {
+        let path = path.to_path_buf();
+        match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound { path })
+            }
+            Err(source) => return Err(StateError::Io { path, source }),
+            Ok(_) => check_header(&path)?,
+        }
+        let reader = open_connection(&path, OpenFlags::SQLITE_OPEN_READ_ONLY, &options)?;
+        match schema::identify(&reader, &path)? {
+            Identity::Ours(version) if version == schema::LATEST => {}
+            Identity::Ours(found) => {
+                return Err(StateError::OlderSchema {
+                    path,
+                    found,
+                    supported: schema::LATEST,
+                })
+            }
+            Identity::Fresh => {
+                return Err(StateError::OlderSchema {
+                    path,
+                    found: 0,
+                    supported: schema::LATEST,
+                })
+            }
+        }
+        let sealer = key.map(StateKey::sealer);
+        if let Some(sealer) = &sealer {
+            check_key(&reader, &path, sealer, false)?;
+        }
+        Ok(StateStore {
+            path,
+            writer: None,
+            reader: Mutex::new(reader),
+            sealer,
+            options,
+        })
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both connections, reporting a failure of the final WAL checkpoint instead of
+    /// ignoring it as a plain drop does. Dropping without `close` loses nothing committed.
+    pub fn close(self) -> Result<()> {
+        let path = self.path;
+        let reader = self.reader.into_inner();
+        reader
+            .close()
+            .map_err(|(_, e)| StateError::sqlite(&path, "closing", e))?;
+        if let Some(writer) = self.writer {
+            writer
+                .into_inner()
+                .close()
+                .map_err(|(_, e)| StateError::sqlite(&path, "closing", e))?;
+        }
+        Ok(())
+    }
+
+    // ----- polling -------------------------------------------------------------------
+
+    /// THE transaction of a poll: appends `commit.outbox` to each sink's outbox, records
+    /// `commit.seen`, advances the checkpoint (never backwards) and prunes seen versions
+    /// older than `commit.prune_seen_before`. All of it or none of it is stored; once this
+    /// returns `Ok`, all of it survives a crash or power loss.
+    pub fn commit_poll(&self, commit: &PollCommit<'_>) -> Result<CommitOutcome> {
+        const OP: &str = "commit_poll";
+        let new_checkpoint = commit.new_checkpoint.map(to_ticks).transpose()?;
+        let prune_before = to_ticks(commit.prune_seen_before)?;
+        let seen = commit
+            .seen
+            .iter()
+            .map(|(id, at)| Ok((*id, to_ticks(*at)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let now = to_ticks(Utc::now())?;
+        let sql = |e| StateError::sqlite(&self.path, OP, e);
+
+        let mut conn = self.writer(OP)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+
+        // Sink ids are looked up inside the transaction and not cached across calls: a
+        // sink row created by a transaction that then rolls back must not be remembered.
+        let mut sink_ids: Vec<(&str, i64)> = Vec::new();
+        {
+            let mut append = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (sink_id, tenant, enqueued_ticks, bytes, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql)?;
+            for (sink, payload) in commit.outbox {
+                let sink_id = match sink_ids.iter().find(|(name, _)| name == sink) {
+                    Some((_, id)) => *id,
+                    None => {
+                        let id = ensure_sink(&tx, sink).map_err(sql)?;
+                        sink_ids.push((sink, id));
+                        id
+                    }
+                };
+                append
+                    .execute(params![
+                        sink_id,
+                        commit.tenant,
+                        now,
+                        len_i64(payload.len()),
+                        payload
+                    ])
+                    .map_err(sql)?;
+            }
+        }
+        {
+            let mut record = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO seen (tenant, feed, version_ticks, item_id)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql)?;
+            for (id, ticks) in &seen {
+                record
+                    .execute(params![commit.tenant, commit.feed, ticks, id])
+                    .map_err(sql)?;
+            }
+        }
+
+        let stored: Option<i64> = tx
+            .query_row(
+                "SELECT checkpoint_ticks FROM feeds WHERE tenant = ?1 AND feed = ?2",
+                params![commit.tenant, commit.feed],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql)?
+            .flatten();
+        let checkpoint = match (stored, new_checkpoint) {
+            (Some(old), Some(new)) if new < old => {
+                tracing::warn!(
+                    tenant = commit.tenant,
+                    feed = commit.feed,
+                    stored = ?from_ticks(old),
+                    proposed = ?from_ticks(new),
+                    "checkpoint would move backwards; keeping the stored one"
+                );
+                Some(old)
+            }
+            (_, Some(new)) => {
+                tx.execute(
+                    "INSERT INTO feeds (tenant, feed, checkpoint_ticks) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant, feed) DO UPDATE SET checkpoint_ticks = excluded.checkpoint_ticks",
+                    params![commit.tenant, commit.feed, new],
+                )
+                .map_err(sql)?;
+                Some(new)
+            }
+            (old, None) => old,
+        };
+
+        tx.execute(
+            "DELETE FROM seen WHERE tenant = ?1 AND feed = ?2 AND version_ticks < ?3",
+            params![commit.tenant, commit.feed, prune_before],
+        )
+        .map_err(sql)?;
+
+        let mut sinks_over_limit = Vec::new();
+        for (sink, sink_id) in &sink_ids {
+            let (rows, bytes) = sink_depth(&tx, *sink_id).map_err(sql)?;
+            if self.options.limit_for(sink).reached_by(rows, bytes) {
+                sinks_over_limit.push((*sink).to_owned());
+            }
+        }
+        tx.commit().map_err(sql)?;
+
+        for sink in &sinks_over_limit {
+            tracing::warn!(
+                tenant = commit.tenant,
+                feed = commit.feed,
+                sink,
+                "sink outbox reached its limit"
+            );
+        }
+        tracing::debug!(
+            tenant = commit.tenant,
+            feed = commit.feed,
+            appended = commit.outbox.len(),
+            seen = seen.len(),
+            "poll committed"
+        );
+        Ok(CommitOutcome {
+            checkpoint: checkpoint.map(|t| self.time(t, "feeds")).transpose()?,
+            appended: u64::try_from(commit.outbox.len()).unwrap_or(u64::MAX),
+            sinks_over_limit,
+        })
+    }
+
+    /// The committed checkpoint of (tenant, feed), if any poll committed one.
+    pub fn checkpoint(&self, tenant: &str, feed: &str) -> Result<Option<DateTime<Utc>>> {
+        let ticks: Option<i64> = self
+            .reader()
+            .query_row(
+                "SELECT checkpoint_ticks FROM feeds WHERE tenant = ?1 AND feed = ?2",
+                params![tenant, feed],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| StateError::sqlite(&self.path, "reading a checkpoint", e))?
+            .flatten();
+        ticks.map(|t| self.time(t, "feeds")).transpose()
+    }
+
+    /// The versions of (tenant, feed) recorded as delivered to the outboxes whose version
+    /// time is at or after `from`: what a poll of the window starting at `from` must skip.
+    /// Times come back at 100-ns precision (see [`truncate_to_tick`](crate::truncate_to_tick)).
+    pub fn seen_since(
+        &self,
+        tenant: &str,
+        feed: &str,
+        from: DateTime<Utc>,
+    ) -> Result<HashSet<(String, DateTime<Utc>)>> {
+        let from = to_ticks(from)?;
+        let sql = |e| StateError::sqlite(&self.path, "reading seen versions", e);
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT item_id, version_ticks FROM seen
+                 WHERE tenant = ?1 AND feed = ?2 AND version_ticks >= ?3",
+            )
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map(params![tenant, feed, from], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(sql)?;
+        let mut seen = HashSet::new();
+        for row in rows {
+            let (id, ticks) = row.map_err(sql)?;
+            seen.insert((id, self.time(ticks, "seen")?));
+        }
+        Ok(seen)
+    }
+
+    /// Records how a poll of (tenant, feed) ended, for `status`: `Err` carries the error
+    /// text (free of secrets). A failure's text is kept after later successes.
+    pub fn record_poll(&self, tenant: &str, feed: &str, outcome: Result<(), &str>) -> Result<()> {
+        const OP: &str = "record_poll";
+        let now = to_ticks(Utc::now())?;
+        let conn = self.writer(OP)?;
+        let result = match outcome {
+            Ok(()) => conn.execute(
+                "INSERT INTO feeds (tenant, feed, last_poll_ticks, last_poll_ok) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (tenant, feed) DO UPDATE SET last_poll_ticks = ?3, last_poll_ok = 1",
+                params![tenant, feed, now],
+            ),
+            Err(error) => conn.execute(
+                "INSERT INTO feeds (tenant, feed, last_poll_ticks, last_poll_ok, last_error, last_error_ticks)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?3)
+                 ON CONFLICT (tenant, feed) DO UPDATE SET
+                    last_poll_ticks = ?3, last_poll_ok = 0, last_error = ?4, last_error_ticks = ?3",
+                params![tenant, feed, now, error],
+            ),
+        };
+        result
+            .map(drop)
+            .map_err(|e| StateError::sqlite(&self.path, OP, e))
+    }
+
+    // ----- outboxes ------------------------------------------------------------------
+
+    /// Up to `max_rows` rows of `sink`'s outbox with `seq > after_seq`, in order, stopping
+    /// before the row that would take the payload total over `max_bytes` — except that the
+    /// first row is always returned, so one oversized event cannot wedge the sink.
+    pub fn read_batch(
+        &self,
+        sink: &str,
+        after_seq: i64,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxRow>> {
+        let sql = |e| StateError::sqlite(&self.path, "reading an outbox batch", e);
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT o.seq, o.tenant, o.enqueued_ticks, o.bytes, o.payload
+                 FROM outbox o JOIN sinks s ON s.sink_id = o.sink_id
+                 WHERE s.name = ?1 AND o.seq > ?2 ORDER BY o.seq LIMIT ?3",
+            )
+            .map_err(sql)?;
+        let mut rows = stmt
+            .query(params![sink, after_seq, len_i64(max_rows)])
+            .map_err(sql)?;
+        let mut batch = Vec::new();
+        let mut total: usize = 0;
+        while let Some(row) = rows.next().map_err(sql)? {
+            // The size column is read before the payload so the row that does not fit is
+            // never loaded.
+            let bytes = usize::try_from(row.get::<_, i64>(3).map_err(sql)?).unwrap_or(usize::MAX);
+            if !batch.is_empty() && total.saturating_add(bytes) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(bytes);
+            batch.push(OutboxRow {
+                seq: row.get(0).map_err(sql)?,
+                tenant: row.get(1).map_err(sql)?,
+                enqueued_at: self.time(row.get(2).map_err(sql)?, "outbox")?,
+                payload: row.get(4).map_err(sql)?,
+            });
+        }
+        Ok(batch)
+    }
+
+    /// Deletes `sink`'s rows with `seq <= up_to_seq` after the sink acknowledged them, and
+    /// records the delivery time. Returns the number of rows deleted.
+    pub fn ack(&self, sink: &str, up_to_seq: i64) -> Result<u64> {
+        const OP: &str = "ack";
+        self.delete_acked(OP, sink, |tx, sink_id| {
+            tx.prepare_cached("DELETE FROM outbox WHERE sink_id = ?1 AND seq <= ?2")?
+                .execute(params![sink_id, up_to_seq])
+        })
+    }
+
+    /// Deletes exactly the listed rows of `sink`, for sinks that acknowledge out of order
+    /// (delivery reports, indexer acks). Unknown or already deleted seqs are ignored.
+    /// Returns the number of rows deleted.
+    pub fn ack_rows(&self, sink: &str, seqs: &[i64]) -> Result<u64> {
+        const OP: &str = "ack_rows";
+        self.delete_acked(OP, sink, |tx, sink_id| {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM outbox WHERE sink_id = ?1 AND seq = ?2")?;
+            let mut deleted = 0;
+            for seq in seqs {
+                deleted += stmt.execute(params![sink_id, seq])?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn delete_acked(
+        &self,
+        op: &'static str,
+        sink: &str,
+        delete: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<usize>,
+    ) -> Result<u64> {
+        let now = to_ticks(Utc::now())?;
+        let sql = |e| StateError::sqlite(&self.path, op, e);
+        let mut conn = self.writer(op)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let Some(sink_id) = sink_id(&tx, sink).map_err(sql)? else {
+            return Ok(0);
+        };
+        let deleted = delete(&tx, sink_id).map_err(sql)?;
+        if deleted > 0 {
+            tx.execute(
+                "UPDATE sinks SET last_delivery_ticks = ?2 WHERE sink_id = ?1",
+                params![sink_id, now],
+            )
+            .map_err(sql)?;
+        }
+        let emptied = deleted > 0 && sink_depth(&tx, sink_id).map_err(sql)?.0 == 0;
+        tx.commit().map_err(sql)?;
+        if emptied {
+            reclaim_space(&conn, &self.path);
+        }
+        Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+    }
+
+    /// How much `sink`'s outbox holds; zero for a sink that never had a row.
+    pub fn depth(&self, sink: &str) -> Result<OutboxDepth> {
+        let sql = |e| StateError::sqlite(&self.path, "reading outbox depth", e);
+        let row: Option<(i64, i64, Option<i64>)> = self
+            .reader()
+            .query_row(
+                "SELECT depth_rows, depth_bytes,
+                        (SELECT enqueued_ticks FROM outbox o WHERE o.sink_id = s.sink_id ORDER BY seq LIMIT 1)
+                 FROM sinks s WHERE name = ?1",
+                params![sink],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        let (rows, bytes, oldest) = row.unwrap_or((0, 0, None));
+        self.depth_from(sink, rows, bytes, oldest)
+    }
+
+    /// Records a failed delivery attempt of `sink`, for `status`.
+    pub fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {
+        const OP: &str = "record_sink_error";
+        let now = to_ticks(Utc::now())?;
+        self.writer(OP)?
+            .execute(
+                "INSERT INTO sinks (name, last_error, last_error_ticks) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET last_error = ?2, last_error_ticks = ?3",
+                params![sink, error, now],
+            )
+            .map(drop)
+            .map_err(|e| StateError::sqlite(&self.path, OP, e))
+    }
+
+    // ----- tenants: auth state and refresh tokens --------------------------------------
+
+    /// Records the tenant's auth state, for `status` and for deciding at start-up whether
+    /// a tenant needs consent before it is polled.
+    pub fn set_auth_state(&self, tenant: &str, state: &AuthState) -> Result<()> {
+        const OP: &str = "set_auth_state";
+        let (name, detail, since) = match state {
+            AuthState::Ok { since } => ("ok", None, since),
+            AuthState::NeedsConsent { code, since } => {
+                ("needs_consent", Some(code.as_str()), since)
+            }
+            AuthState::Failing { error, since } => ("failing", Some(error.as_str()), since),
+        };
+        let since = to_ticks(*since)?;
+        self.writer(OP)?
+            .execute(
+                "INSERT INTO tenant_auth (tenant, state, detail, since_ticks) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant) DO UPDATE SET state = ?2, detail = ?3, since_ticks = ?4",
+                params![tenant, name, detail, since],
+            )
+            .map(drop)
+            .map_err(|e| StateError::sqlite(&self.path, OP, e))
+    }
+
+    /// The tenant's last recorded auth state.
+    pub fn auth_state(&self, tenant: &str) -> Result<Option<AuthState>> {
+        let row: Option<(Option<String>, Option<String>, Option<i64>)> = self
+            .reader()
+            .query_row(
+                "SELECT state, detail, since_ticks FROM tenant_auth WHERE tenant = ?1",
+                params![tenant],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| StateError::sqlite(&self.path, "reading auth state", e))?;
+        match row {
+            Some((state, detail, since)) => self.auth_from(state, detail, since),
+            None => Ok(None),
+        }
+    }
+
+    /// Encrypts and stores the tenant's refresh token, replacing the previous one. Durable
+    /// when it returns (`synchronous = FULL`): the token manager calls it *before* using
+    /// the access token that came with a rotated refresh token.
+    pub fn save_refresh_token(&self, tenant: &str, refresh_token: &Secret) -> Result<()> {
+        const OP: &str = "save_refresh_token";
+        let sealer = self.sealer()?;
+        let blob = sealer
+            .seal(&token_aad(tenant), refresh_token.expose().as_bytes())
+            .ok_or_else(|| StateError::Io {
+                path: self.path.clone(),
+                source: io::Error::other("no randomness from the operating system for a nonce"),
+            })?;
+        let now = to_ticks(Utc::now())?;
+        self.writer(OP)?
+            .execute(
+                "INSERT INTO tenant_auth (tenant, refresh_token, token_saved_ticks) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant) DO UPDATE SET refresh_token = ?2, token_saved_ticks = ?3",
+                params![tenant, blob, now],
+            )
+            .map_err(|e| StateError::sqlite(&self.path, OP, e))?;
+        tracing::debug!(tenant, "refresh token saved");
+        Ok(())
+    }
+
+    /// The tenant's stored refresh token, decrypted.
+    pub fn load_refresh_token(&self, tenant: &str) -> Result<Option<Secret>> {
+        let sealer = self.sealer()?;
+        let blob: Option<Vec<u8>> = self
+            .reader()
+            .query_row(
+                "SELECT refresh_token FROM tenant_auth WHERE tenant = ?1",
+                params![tenant],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| StateError::sqlite(&self.path, "reading a refresh token", e))?
+            .flatten();
+        let Some(blob) = blob else {
+            return Ok(None);
+        };
+        let undecryptable = || StateError::TokenUndecryptable {
+            tenant: tenant.to_owned(),
+            path: self.path.clone(),
+        };
+        let plaintext = sealer
+            .open(&token_aad(tenant), &blob)
+            .ok_or_else(undecryptable)?;
+        let text = std::str::from_utf8(&plaintext).map_err(|_| undecryptable())?;
+        Ok(Some(Secret::new(text)))
+    }
+
+    /// Removes everything kept about `tenant` except its events still waiting in outboxes
+    /// (they are delivered as usual): checkpoints, seen versions, auth state and refresh
+    /// token. For offboarding a customer.
+    pub fn forget_tenant(&self, tenant: &str) -> Result<()> {
+        const OP: &str = "forget_tenant";
+        let sql = |e| StateError::sqlite(&self.path, OP, e);
+        let mut conn = self.writer(OP)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        for table in ["feeds", "seen", "tenant_auth"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE tenant = ?1"),
+                params![tenant],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        tracing::info!(tenant, "tenant state forgotten");
+        Ok(())
+    }
+
+    // ----- status ----------------------------------------------------------------------
+
+    /// Everything `xdr-relay status` shows, read in one transaction so the numbers agree.
+    pub fn status_snapshot(&self) -> Result<StatusSnapshot> {
+        let sql = |e| StateError::sqlite(&self.path, "reading status", e);
+        let mut conn = self.reader();
+        let tx = conn.transaction().map_err(sql)?;
+
+        let mut feeds = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT tenant, feed, checkpoint_ticks, last_poll_ticks, last_poll_ok,
+                            last_error, last_error_ticks
+                     FROM feeds ORDER BY tenant, feed",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                feeds.push(FeedStatus {
+                    tenant: row.get(0).map_err(sql)?,
+                    feed: row.get(1).map_err(sql)?,
+                    checkpoint: self.opt_time(row.get(2).map_err(sql)?, "feeds")?,
+                    last_poll: self.opt_time(row.get(3).map_err(sql)?, "feeds")?,
+                    last_poll_ok: row.get(4).map_err(sql)?,
+                    last_error: self.timed_error(
+                        row.get(5).map_err(sql)?,
+                        row.get(6).map_err(sql)?,
+                        "feeds",
+                    )?,
+                });
+            }
+        }
+
+        let mut sinks = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT name, depth_rows, depth_bytes,
+                            (SELECT enqueued_ticks FROM outbox o WHERE o.sink_id = s.sink_id ORDER BY seq LIMIT 1),
+                            last_delivery_ticks, last_error, last_error_ticks
+                     FROM sinks s ORDER BY name",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let sink: String = row.get(0).map_err(sql)?;
+                let depth = self.depth_from(
+                    &sink,
+                    row.get(1).map_err(sql)?,
+                    row.get(2).map_err(sql)?,
+                    row.get(3).map_err(sql)?,
+                )?;
+                sinks.push(SinkStatus {
+                    depth,
+                    last_delivery: self.opt_time(row.get(4).map_err(sql)?, "sinks")?,
+                    last_error: self.timed_error(
+                        row.get(5).map_err(sql)?,
+                        row.get(6).map_err(sql)?,
+                        "sinks",
+                    )?,
+                    sink,
+                });
+            }
+        }
+
+        let mut tenants = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT tenant, state, detail, since_ticks, token_saved_ticks
+                     FROM tenant_auth ORDER BY tenant",
+                )
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            while let Some(row) = rows.next().map_err(sql)? {
+                tenants.push(TenantStatus {
+                    tenant: row.get(0).map_err(sql)?,
+                    auth: self.auth_from(
+                        row.get(1).map_err(sql)?,
+                        row.get(2).map_err(sql)?,
+                        row.get(3).map_err(sql)?,
+                    )?,
+                    refresh_token_saved: self.opt_time(row.get(4).map_err(sql)?, "tenant_auth")?,
+                });
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(StatusSnapshot {
+            feeds,
+            sinks,
+            tenants,
+        })
+    }
+
+    // ----- helpers ---------------------------------------------------------------------
+
+    fn writer(&self, operation: &'static str) -> Result<MutexGuard<'_, Connection>> {
+        match &self.writer {
+            Some(writer) => Ok(writer.lock()),
+            None => Err(StateError::ReadOnly {
+                path: self.path.clone(),
+                operation,
+            }),
+        }
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock()
+    }
+
+    fn sealer(&self) -> Result<&Sealer> {
+        self.sealer.as_ref().ok_or_else(|| StateError::KeyRequired {
+            path: self.path.clone(),
+        })
+    }
+
+    fn time(&self, ticks: i64, table: &'static str) -> Result<DateTime<Utc>> {
+        from_ticks(ticks).ok_or_else(|| StateError::Invalid {
+            path: self.path.clone(),
+            table,
+            what: format!("time {ticks}"),
+        })
+    }
+
+    fn opt_time(&self, ticks: Option<i64>, table: &'static str) -> Result<Option<DateTime<Utc>>> {
+        ticks.map(|t| self.time(t, table)).transpose()
+    }
+
+    fn timed_error(
+        &self,
+        message: Option<String>,
+        ticks: Option<i64>,
+        table: &'static str,
+    ) -> Result<Option<TimedError>> {
+        match (message, ticks) {
+            (Some(message), Some(ticks)) => Ok(Some(TimedError {
+                at: self.time(ticks, table)?,
+                message,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    fn depth_from(
+        &self,
+        sink: &str,
+        rows: i64,
+        bytes: i64,
+        oldest: Option<i64>,
+    ) -> Result<OutboxDepth> {
+        let rows = u64::try_from(rows).unwrap_or(0);
+        let bytes = u64::try_from(bytes).unwrap_or(0);
+        Ok(OutboxDepth {
+            rows,
+            bytes,
+            oldest_enqueued: self.opt_time(oldest, "outbox")?,
+            over_limit: self.options.limit_for(sink).reached_by(rows, bytes),
+        })
+    }
+
+    fn auth_from(
+        &self,
+        state: Option<String>,
+        detail: Option<String>,
+        since: Option<i64>,
+    ) -> Result<Option<AuthState>> {
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let invalid = |what: String| StateError::Invalid {
+            path: self.path.clone(),
+            table: "tenant_auth",
+            what,
+        };
+        let since = self.time(
+            since.ok_or_else(|| invalid("auth state without a time".into()))?,
+            "tenant_auth",
+        )?;
+        let detail = detail.unwrap_or_default();
+        Ok(Some(match state.as_str() {
+            "ok" => AuthState::Ok { since },
+            "needs_consent" => AuthState::NeedsConsent {
+                code: detail,
+                since,
+            },
+            "failing" => AuthState::Failing {
+                error: detail,
+                since,
+            },
+            other => return Err(invalid(format!("auth state {other:?}"))),
+        }))
+    }
+}
+
+/// Creates the file with mode 0600 if it is missing (before SQLite creates it with the
+/// umask's mode), or checks that an existing one is an SQLite file.
+fn create_or_check_file(path: &Path) -> Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), "state file created");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_header(path),
+        Err(source) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// An empty file is a new database; anything else must start with SQLite's magic.
+/// Checked by hand because SQLite may accept some non-database files until the first
+/// page is read, and a message naming the file beats "file is not a database" later.
+fn check_header(path: &Path) -> Result<()> {
+    let io_err = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io_err)?;
+    if file.metadata().map_err(io_err)?.is_dir() {
+        return Err(io_err(io::Error::other("is a directory")));
+    }
+    let mut header = Vec::with_capacity(SQLITE_MAGIC.len());
+    file.take(SQLITE_MAGIC.len() as u64)
+        .read_to_end(&mut header)
+        .map_err(io_err)?;
+    if header.is_empty() || header == SQLITE_MAGIC {
+        Ok(())
+    } else {
+        Err(StateError::NotSqlite {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn open_connection(path: &Path, mode: OpenFlags, options: &StoreOptions) -> Result<Connection> {
+    // NO_MUTEX: each connection sits behind our own mutex, so SQLite's would be redundant.
+    let flags = mode | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StateError::sqlite(path, "opening", e))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| StateError::sqlite(path, "setting the busy timeout", e))?;
+    // Statements are few and fixed; keep them all prepared.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn configure_writer(conn: &Connection, path: &Path) -> Result<()> {
+    let sql = |e| StateError::sqlite(path, "configuring the connection", e);
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StateError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other(format!(
+                "cannot switch to WAL journal mode (got {mode}); is the file on a network filesystem?"
+            )),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(sql)?;
+    // A sink outage can grow the WAL to gigabytes during a drain; give the space back
+    // after each checkpoint instead of keeping the high-water mark forever.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(sql)?;
+    Ok(())
+}
+
+fn check_key(conn: &Connection, path: &Path, sealer: &Sealer, may_write: bool) -> Result<()> {
+    let sql = |e| StateError::sqlite(path, "checking the state key", e);
+    let read = || {
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            params![KEY_CHECK_NAME],
+            |row| row.get::<_, Vec<u8>>(0),
+        )
+        .optional()
+        .map_err(sql)
+    };
+    let stored = match read()? {
+        Some(stored) => stored,
+        None if may_write => {
+            let blob = sealer
+                .seal(KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+                .ok_or_else(|| StateError::Io {
+                    path: path.to_path_buf(),
+                    source: io::Error::other("no randomness from the operating system for a nonce"),
+                })?;
+            // OR IGNORE + read back: if another process stored its check value first,
+            // ours must match that one.
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![KEY_CHECK_NAME, blob],
+            )
+            .map_err(sql)?;
+            match read()? {
+                Some(stored) => stored,
+                None => return Ok(()),
+            }
+        }
+        // Read-only and no key ever used: no token can exist to be decrypted wrongly.
+        None => return Ok(()),
+    };
+    match sealer.open(KEY_CHECK_AAD, &stored) {
+        Some(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+        _ => Err(StateError::WrongKey {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Free pages below which `reclaim_space` leaves the file alone (4 MiB of 4 KiB pages).
+const RECLAIM_MIN_FREE_PAGES: i64 = 1024;
+/// At most 16384 pages (64 MiB) given back per call, bounding the time one `ack` takes;
+/// the next ack that empties an outbox goes on.
+const RECLAIM_PRAGMA: &str = "PRAGMA incremental_vacuum(16384)";
+
+/// Gives the space of a drained backlog back to the filesystem. After a sink outage the
+/// outbox may have grown to gigabytes; once delivered, those pages sit free in the file.
+///
+/// Called only when an ack empties a sink's outbox, and acts only when at least half the
+/// file is free. Shrinking moves live pages from the end of the file into free slots, so
+/// doing it while a backlog is still draining would copy the not-yet-delivered rows again
+/// and again (measured: it made the drain five times slower); once the outbox is empty
+/// little is left to move. In steady state free pages are few and reused by appends, so
+/// this does nothing. Best effort: the ack is already committed, a failure is logged.
+fn reclaim_space(conn: &Connection, path: &Path) {
+    let pages = |pragma: &str| conn.query_row(pragma, [], |row| row.get::<_, i64>(0));
+    let (free, total) = match (pages("PRAGMA freelist_count"), pages("PRAGMA page_count")) {
+        (Ok(free), Ok(total)) => (free, total),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!(path = %path.display(), %error, "cannot read free page count");
+            return;
+        }
+    };
+    if free < RECLAIM_MIN_FREE_PAGES || free * 2 < total {
+        return;
+    }
+    // Stepped to the end by hand: rusqlite's execute_batch steps a statement only once.
+    // A file whose auto_vacuum is off ignores the pragma.
+    let vacuum = || -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(RECLAIM_PRAGMA)?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        Ok(())
+    };
+    match vacuum() {
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), free_pages = free, "gave drained outbox space back")
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not give free space back to the filesystem")
+        }
+    }
+}
+
+fn ensure_sink(tx: &rusqlite::Transaction<'_>, sink: &str) -> rusqlite::Result<i64> {
+    tx.prepare_cached("INSERT INTO sinks (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
+        .execute(params![sink])?;
+    tx.prepare_cached("SELECT sink_id FROM sinks WHERE name = ?1")?
+        .query_row(params![sink], |row| row.get(0))
+}
+
+fn sink_id(tx: &rusqlite::Transaction<'_>, sink: &str) -> rusqlite::Result<Option<i64>> {
+    tx.prepare_cached("SELECT sink_id FROM sinks WHERE name = ?1")?
+        .query_row(params![sink], |row| row.get(0))
+        .optional()
+}
+
+fn sink_depth(tx: &rusqlite::Transaction<'_>, sink_id: i64) -> rusqlite::Result<(u64, u64)> {
+    let (rows, bytes): (i64, i64) = tx
+        .prepare_cached("SELECT depth_rows, depth_bytes FROM sinks WHERE sink_id = ?1")?
+        .query_row(params![sink_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok((
+        u64::try_from(rows).unwrap_or(0),
+        u64::try_from(bytes).unwrap_or(0),
+    ))
+}
+
+/// The associated data of a tenant's refresh token: a ciphertext copied to another
+/// tenant's row fails authentication instead of handing that tenant a foreign token.
+fn token_aad(tenant: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(TOKEN_AAD_PREFIX.len() + tenant.len());
+    aad.extend_from_slice(TOKEN_AAD_PREFIX);
+    aad.extend_from_slice(tenant.as_bytes());
+    aad
+}
+
+fn companion(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn len_i64(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
