@@ -1,3 +1,48 @@
 //! The `xdr-relay` binary: parses the command line, sets up logging and starts things.
+//! Each subcommand lives in `commands/`; the work itself is done by the library crates.
 
-fn main() {}
+mod commands;
+mod telemetry;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Pulls Microsoft Defender incidents and alerts from many tenants into SIEMs.
+#[derive(Debug, Parser)]
+#[command(name = "xdr-relay", version, about)]
+struct Cli {
+    /// Log format: `text` (human-readable; the default on a terminal) or `json` (one object
+    /// per line, for journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = telemetry::LogFormat::Auto)]
+    log_format: telemetry::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate relay.toml and tenants.d/*.toml; print every problem; exit 0 or 2.
+    CheckConfig(commands::check_config::Args),
+    /// Run the Entra ID + Defender API simulator (for demos, tests and load runs).
+    Sim(commands::sim::Args),
+    /// Per tenant and feed: last poll, checkpoint, lag, errors, auth; per sink: outbox.
+    Status(commands::status::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::CheckConfig(args) => commands::check_config::run(args),
+        Command::Sim(args) => commands::sim::run(args),
+        Command::Status(args) => commands::status::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xdr-relay: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

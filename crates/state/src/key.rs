@@ -57,6 +57,16 @@ impl StateKey {
             .map_err(|reason| key_file_error(path, reason, None))
     }
 
+    /// Parses a key handed over as bytes rather than a file path (a `key = { env | file |
+    /// credential = ... }` secret the configuration loader already resolved), in the same
+    /// encodings as [`StateKey::from_file`]. `origin` names where it came from, for errors
+    /// (e.g. `relay.toml: state.key`).
+    pub fn parse(origin: &Path, content: &[u8]) -> Result<Self> {
+        parse_key(content)
+            .map(StateKey::from_bytes)
+            .map_err(|reason| key_file_error(origin, reason, None))
+    }
+
     /// Generates a random key, writes it to a new file `path` as 64 hex digits with mode
     /// 0600 (whatever the umask), syncs it, and returns it. Refuses to overwrite an existing
     /// file: replacing a key makes every refresh token encrypted with it unreadable.
@@ -237,6 +247,15 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[test]
+    fn parse_takes_hex_text_and_names_its_origin_on_error() {
+        let hex_key = "ab".repeat(32);
+        let key = StateKey::parse(Path::new("relay.toml: state.key"), hex_key.as_bytes()).unwrap();
+        assert_eq!(key.bytes.as_ref(), &[0xab; KEY_LEN]);
+        let err = StateKey::parse(Path::new("relay.toml: state.key"), b"short").unwrap_err();
+        assert!(err.to_string().contains("relay.toml: state.key"), "{err}");
     }
 
     #[test]

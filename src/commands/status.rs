@@ -1,0 +1,185 @@
+//! `xdr-relay status`: what the daemon has done, read from the state store (safe while
+//! the daemon runs: the store is opened read-only and SQLite's WAL lets readers in).
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use relay_state::{AuthState, StatusSnapshot};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Path of relay.toml.
+    #[arg(long, short, default_value = "/etc/xdr-relay/relay.toml")]
+    pub config: PathBuf,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints per tenant and feed: last poll, checkpoint, lag, errors, auth state; per sink:
+/// outbox depth and last delivery.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env = super::process_env();
+    let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
+        }
+    };
+    if !config.state.path.exists() {
+        eprintln!(
+            "{}: no state yet: the daemon has not run with this configuration",
+            config.state.path.display()
+        );
+        return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
+    }
+    let store = match super::state::open(&config, super::state::Access::ReadOnly) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xdr-relay: error: {e:#}");
+            return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
+        }
+    };
+    let snapshot = store
+        .status_snapshot()
+        .with_context(|| format!("cannot read {}", config.state.path.display()))?;
+    let now = Utc::now();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", render(&config, &snapshot, now));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+fn age(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
+    match t {
+        None => "-".to_string(),
+        Some(t) => {
+            let secs = (now - t).num_seconds().max(0);
+            if secs < 120 {
+                format!("{secs}s")
+            } else if secs < 7_200 {
+                format!("{}m", secs / 60)
+            } else if secs < 172_800 {
+                format!("{}h", secs / 3_600)
+            } else {
+                format!("{}d", secs / 86_400)
+            }
+        }
+    }
+}
+
+fn auth_text(auth: Option<&AuthState>, tenant: &str) -> String {
+    match auth {
+        None => "unknown (no token requested yet)".to_string(),
+        Some(AuthState::Ok { since }) => format!("ok since {}", time(Some(*since))),
+        Some(AuthState::NeedsConsent { code, since }) => format!(
+            "NEEDS CONSENT ({code}) since {}; fix: xdr-relay onboard --name {tenant} ...",
+            time(Some(*since))
+        ),
+        Some(AuthState::Failing { error, since }) => {
+            format!("failing since {}: {error}", time(Some(*since)))
+        }
+    }
+}
+
+/// The status tables as text.
+fn render(config: &relay_config::Config, s: &StatusSnapshot, now: DateTime<Utc>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let auth: BTreeMap<&str, Option<&AuthState>> = s
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.as_str(), t.auth.as_ref()))
+        .collect();
+    let _ = writeln!(out, "state: {}", config.state.path.display());
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<16} {:<19} {:<19} {:>6}  LAST RESULT",
+        "TENANT", "FEED", "LAST POLL", "CHECKPOINT", "LAG"
+    );
+    for tenant in &config.tenants {
+        for feed in tenant.feeds() {
+            let row = s
+                .feeds
+                .iter()
+                .find(|f| f.tenant == tenant.name && f.feed == feed.as_str());
+            let (last_poll, checkpoint, result) = match row {
+                None => (None, None, "never polled".to_string()),
+                Some(f) => {
+                    let result = match (f.last_poll_ok, &f.last_error) {
+                        (Some(true), _) => "ok".to_string(),
+                        (Some(false), Some(e)) => format!("error: {}", e.message),
+                        (Some(false), None) => "error".to_string(),
+                        (None, _) => "never polled".to_string(),
+                    };
+                    (f.last_poll, f.checkpoint, result)
+                }
+            };
+            let enabled = if tenant.enabled { "" } else { " (disabled)" };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<16} {:<19} {:<19} {:>6}  {result}{enabled}",
+                tenant.name,
+                feed.as_str(),
+                time(last_poll),
+                time(checkpoint),
+                age(now, checkpoint),
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<24} AUTH", "TENANT");
+    for tenant in &config.tenants {
+        let a = auth.get(tenant.name.as_str()).copied().flatten();
+        let _ = writeln!(out, "{:<24} {}", tenant.name, auth_text(a, &tenant.name));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:>10} {:>12} {:>8} {:<19}  LAST ERROR",
+        "SINK", "OUTBOX", "BYTES", "OLDEST", "LAST DELIVERY"
+    );
+    for name in config.sinks.keys() {
+        let row = s.sinks.iter().find(|x| &x.sink == name);
+        let (rows, bytes, oldest, last, err) = match row {
+            None => (0, 0, None, None, String::new()),
+            Some(x) => (
+                x.depth.rows,
+                x.depth.bytes,
+                x.depth.oldest_enqueued,
+                x.last_delivery,
+                x.last_error
+                    .as_ref()
+                    .map(|e| format!("{} at {}", e.message, time(Some(e.at))))
+                    .unwrap_or_default(),
+            ),
+        };
+        let full = if row.is_some_and(|x| x.depth.over_limit) {
+            " (FULL: polling paused)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>10} {:>12} {:>8} {:<19}  {err}{full}",
+            name,
+            rows,
+            bytes,
+            age(now, oldest),
+            time(last),
+        );
+    }
+    out
+}
