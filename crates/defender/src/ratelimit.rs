@@ -1,0 +1,479 @@
+//! Per-tenant request quotas: one set of token buckets per (tenant, API family), plus
+//! the wait a `429 Retry-After` imposes.
+//!
+//! Hand-written on `tokio::time` rather than taken from `governor`: governor reads its
+//! own clock (quanta / `std::time::Instant`), which ignores tokio's paused test clock, so
+//! quota and `Retry-After` behaviour could only be tested with real sleeps. This is a
+//! few dozen lines; the paused-time tests below pin its behaviour.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relay_config::Feed;
+use tokio::time::Instant;
+
+/// A quota family: the APIs whose requests count against one quota of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiFamily {
+    /// M365 Defender (`api.security.microsoft.com`): 50/min and 1,500/h for the whole API.
+    M365d,
+    /// Defender for Endpoint (`api.securitycenter.microsoft.com`): 100/min and 1,500/h.
+    Mde,
+    /// Graph `/security`: 150/min per app per tenant.
+    Graph,
+}
+
+impl ApiFamily {
+    /// The family `feed`'s requests count against.
+    pub fn of(feed: Feed) -> ApiFamily {
+        match feed {
+            Feed::M365dIncidents => ApiFamily::M365d,
+            Feed::MdeAlerts => ApiFamily::Mde,
+            Feed::GraphIncidents | Feed::GraphAlerts => ApiFamily::Graph,
+        }
+    }
+
+    /// A short stable name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiFamily::M365d => "m365d",
+            ApiFamily::Mde => "mde",
+            ApiFamily::Graph => "graph",
+        }
+    }
+}
+
+/// At most `limit` requests in any interval of length `per`, allowing bursts of `burst`.
+///
+/// Implemented as a bucket of capacity `burst` refilled at `(limit - burst) / per`: in any
+/// interval of length `per` at most `burst` tokens were in the bucket at its start and
+/// `limit - burst` more drip in, so a sliding-window quota of `limit` is never exceeded
+/// (a bucket of capacity `limit` refilled at `limit / per` could send almost twice that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests allowed per `per`.
+    pub limit: u32,
+    /// The quota's interval.
+    pub per: Duration,
+    /// Requests that may go back to back after an idle period; clamped to `1..limit`.
+    pub burst: u32,
+}
+
+impl Quota {
+    /// `limit` per minute, bursts of a fifth of it.
+    pub fn per_minute(limit: u32) -> Quota {
+        Quota {
+            limit,
+            per: Duration::from_secs(60),
+            burst: (limit / 5).max(1),
+        }
+    }
+
+    /// `limit` per hour, bursts of a thirtieth of it.
+    pub fn per_hour(limit: u32) -> Quota {
+        Quota {
+            limit,
+            per: Duration::from_secs(3600),
+            burst: (limit / 30).max(1),
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        f64::from(self.burst.clamp(1, self.limit.saturating_sub(1).max(1)))
+    }
+
+    /// Time for one token to drip in, rounded up so that rounding never lets one
+    /// request too many into an interval.
+    fn interval(&self) -> Duration {
+        let capacity = self.burst.clamp(1, self.limit.saturating_sub(1).max(1));
+        let drip = u128::from(self.limit.saturating_sub(capacity).max(1));
+        let nanos = self.per.as_nanos().div_ceil(drip);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// Quotas per API family; each tenant gets its own buckets. Defaults sit a little under
+/// Microsoft's published limits, because the limits are per app and tenant and a second
+/// consumer (a portal export, another tool) may share them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// M365 Defender: 50/min and 1,500/h published.
+    pub m365d: Vec<Quota>,
+    /// Defender for Endpoint: 100/min and 1,500/h published.
+    pub mde: Vec<Quota>,
+    /// Graph security: 150/min published.
+    pub graph: Vec<Quota>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            m365d: vec![Quota::per_minute(45), Quota::per_hour(1400)],
+            mde: vec![Quota::per_minute(90), Quota::per_hour(1400)],
+            graph: vec![Quota::per_minute(140)],
+        }
+    }
+}
+
+impl RateLimits {
+    /// The quotas of `family`.
+    pub fn of(&self, family: ApiFamily) -> &[Quota] {
+        match family {
+            ApiFamily::M365d => &self.m365d,
+            ApiFamily::Mde => &self.mde,
+            ApiFamily::Graph => &self.graph,
+        }
+    }
+
+    /// No limits at all (tests against a simulator without quotas).
+    pub fn unlimited() -> RateLimits {
+        RateLimits {
+            m365d: Vec::new(),
+            mde: Vec::new(),
+            graph: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    quota: Quota,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        if now <= self.updated {
+            // Still inside a Retry-After block (see `block`).
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.updated);
+        let gained = elapsed.as_secs_f64() / self.quota.interval().as_secs_f64();
+        self.tokens = (self.tokens + gained).min(self.quota.capacity());
+        self.updated = now;
+    }
+
+    /// How long until one whole token is in the bucket. Never a zero wait while a
+    /// fraction is missing: a zero sleep would spin without the clock moving.
+    fn wait_for_one(&self) -> Duration {
+        let missing = 1.0 - self.tokens;
+        if missing <= 0.0 {
+            Duration::ZERO
+        } else {
+            self.quota
+                .interval()
+                .mul_f64(missing)
+                .max(Duration::from_millis(1))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TenantBuckets {
+    buckets: Vec<Bucket>,
+    blocked_until: Option<Instant>,
+}
+
+type Key = (String, ApiFamily);
+
+/// The token buckets of every (tenant, family) this process talks to.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limits: RateLimits,
+    tenants: Mutex<HashMap<Key, Arc<Mutex<TenantBuckets>>>>,
+}
+
+impl RateLimiter {
+    /// A limiter applying `limits` to every tenant.
+    pub fn new(limits: RateLimits) -> RateLimiter {
+        RateLimiter {
+            limits,
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry(&self, tenant_id: &str, family: ApiFamily) -> Arc<Mutex<TenantBuckets>> {
+        // A poisoned lock only means another task panicked mid-update of plain numbers;
+        // the state is still usable.
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((tenant_id.to_string(), family))
+            .or_insert_with(|| {
+                let now = Instant::now();
+                Arc::new(Mutex::new(TenantBuckets {
+                    buckets: self
+                        .limits
+                        .of(family)
+                        .iter()
+                        .map(|q| Bucket {
+                            quota: *q,
+                            tokens: q.capacity(),
+                            updated: now,
+                        })
+                        .collect(),
+                    blocked_until: None,
+                }))
+            })
+            .clone()
+    }
+
+    /// Waits until `tenant_id` may send one more request to `family`, and takes the
+    /// permit.
+    pub async fn acquire(&self, tenant_id: &str, family: ApiFamily) {
+        let entry = self.entry(tenant_id, family);
+        loop {
+            let wait = {
+                let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                match state.blocked_until {
+                    Some(until) if until > now => until - now,
+                    _ => {
+                        state.blocked_until = None;
+                        for bucket in &mut state.buckets {
+                            bucket.refill(now);
+                        }
+                        let wait = state
+                            .buckets
+                            .iter()
+                            .map(Bucket::wait_for_one)
+                            .max()
+                            .unwrap_or(Duration::ZERO);
+                        if wait.is_zero() {
+                            for bucket in &mut state.buckets {
+                                bucket.tokens -= 1.0;
+                            }
+                            return;
+                        }
+                        wait
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The API answered 429: no request of `tenant_id` to `family` goes out for `wait`,
+    /// and the buckets restart empty so the first requests after it do not burst.
+    pub fn block(&self, tenant_id: &str, family: ApiFamily, wait: Duration) {
+        let entry = self.entry(tenant_id, family);
+        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // An absurd Retry-After must not overflow the clock; a day is blocked enough.
+        let asked = now + wait.min(Duration::from_secs(24 * 3600));
+        let until = state.blocked_until.map_or(asked, |u| u.max(asked));
+        state.blocked_until = Some(until);
+        for bucket in &mut state.buckets {
+            bucket.refill(now);
+            bucket.tokens = bucket.tokens.min(0.0);
+            // Nothing drips in while blocked.
+            bucket.updated = until;
+        }
+    }
+
+    /// How long `tenant_id` is blocked from `family` by a `Retry-After`, if at all.
+    pub fn blocked_for(&self, tenant_id: &str, family: ApiFamily) -> Option<Duration> {
+        let entry = self.entry(tenant_id, family);
+        let state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        state.blocked_until.filter(|u| *u > now).map(|u| u - now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(quotas: Vec<Quota>) -> RateLimiter {
+        RateLimiter::new(RateLimits {
+            m365d: quotas,
+            mde: Vec::new(),
+            graph: Vec::new(),
+        })
+    }
+
+    /// Sends `n` requests as fast as the limiter allows; returns their send times
+    /// relative to the start.
+    async fn send_times(l: &RateLimiter, tenant: &str, n: usize) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            l.acquire(tenant, ApiFamily::M365d).await;
+            times.push(start.elapsed());
+        }
+        times
+    }
+
+    fn max_in_any_window(times: &[Duration], window: Duration) -> usize {
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t < times[i] + window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn minute_quota_is_never_exceeded_in_any_sliding_minute() {
+        let l = limiter(vec![Quota::per_minute(45)]);
+        let times = send_times(&l, "t1", 200).await;
+        // Timer granularity (1 ms) can only make the limiter slower, never faster.
+        let busiest = max_in_any_window(&times, Duration::from_secs(60));
+        assert!((43..=45).contains(&busiest), "{busiest}");
+        // The first burst goes out at once; the rest drips at (45 - 9) per minute.
+        assert!(times[8] < Duration::from_millis(1), "{:?}", &times[..10]);
+        assert!(
+            times[9] >= Duration::from_millis(1600),
+            "{:?}",
+            &times[..10]
+        );
+        let total = *times.last().unwrap();
+        let expected = Duration::from_secs(60) * (200 - 9) / 36;
+        assert!(
+            total >= expected - Duration::from_secs(2)
+                && total <= expected + Duration::from_secs(2),
+            "200 requests took {total:?}, expected about {expected:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn minute_and_hour_quotas_apply_together() {
+        let l = limiter(vec![Quota::per_minute(45), Quota::per_hour(1400)]);
+        let times = send_times(&l, "t1", 3000).await;
+        assert!(max_in_any_window(&times, Duration::from_secs(60)) <= 45);
+        assert!(max_in_any_window(&times, Duration::from_secs(3600)) <= 1400);
+        // Sustained rate is the hour's: (1400 - 46) per hour.
+        let total = *times.last().unwrap();
+        assert!(total > Duration::from_secs(2 * 3600), "{total:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tenants_and_families_have_their_own_buckets() {
+        let l = RateLimiter::new(RateLimits {
+            m365d: vec![Quota {
+                limit: 3,
+                per: Duration::from_secs(60),
+                burst: 2,
+            }],
+            mde: vec![Quota {
+                limit: 3,
+                per: Duration::from_secs(60),
+                burst: 2,
+            }],
+            graph: Vec::new(),
+        });
+        let start = Instant::now();
+        for tenant in ["a", "b", "c"] {
+            l.acquire(tenant, ApiFamily::M365d).await;
+            l.acquire(tenant, ApiFamily::M365d).await;
+            l.acquire(tenant, ApiFamily::Mde).await;
+            l.acquire(tenant, ApiFamily::Mde).await;
+            for _ in 0..100 {
+                l.acquire(tenant, ApiFamily::Graph).await;
+            }
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        l.acquire("a", ApiFamily::M365d).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_blocks_the_tenant_family_then_resumes_without_burst() {
+        let l = limiter(vec![Quota {
+            limit: 20,
+            per: Duration::from_secs(60),
+            burst: 10,
+        }]);
+        let start = Instant::now();
+        l.acquire("t", ApiFamily::M365d).await;
+        l.block("t", ApiFamily::M365d, Duration::from_secs(30));
+        assert_eq!(
+            l.blocked_for("t", ApiFamily::M365d),
+            Some(Duration::from_secs(30))
+        );
+        // Another tenant is not affected.
+        l.acquire("u", ApiFamily::M365d).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // A shorter Retry-After does not shorten the block.
+        l.block("t", ApiFamily::M365d, Duration::from_secs(5));
+        l.acquire("t", ApiFamily::M365d).await;
+        let first = start.elapsed();
+        assert!(first >= Duration::from_secs(30), "{first:?}");
+        assert!(
+            first <= Duration::from_secs(30) + Duration::from_secs(6),
+            "{first:?}"
+        );
+        l.acquire("t", ApiFamily::M365d).await;
+        assert!(
+            start.elapsed() - first >= Duration::from_secs(5),
+            "no burst after a 429"
+        );
+        assert_eq!(l.blocked_for("t", ApiFamily::M365d), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_retry_after_is_capped_not_a_panic() {
+        let l = limiter(Vec::new());
+        l.block("t", ApiFamily::M365d, Duration::from_secs(u64::MAX));
+        let blocked = l.blocked_for("t", ApiFamily::M365d).unwrap();
+        assert_eq!(blocked, Duration::from_secs(24 * 3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_share_the_quota() {
+        let l = Arc::new(limiter(vec![Quota {
+            limit: 10,
+            per: Duration::from_secs(10),
+            burst: 5,
+        }]));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                for _ in 0..5 {
+                    l.acquire("t", ApiFamily::M365d).await;
+                    times.push(start.elapsed());
+                }
+                times
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        assert_eq!(all.len(), 40);
+        assert!(
+            max_in_any_window(&all, Duration::from_secs(10)) <= 10,
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn defaults_stay_under_published_limits() {
+        let d = RateLimits::default();
+        for (quotas, minute, hour) in [
+            (&d.m365d, 50, Some(1500)),
+            (&d.mde, 100, Some(1500)),
+            (&d.graph, 150, None),
+        ] {
+            let m = quotas
+                .iter()
+                .find(|q| q.per == Duration::from_secs(60))
+                .unwrap();
+            assert!(m.limit < minute);
+            if let Some(hour) = hour {
+                let h = quotas
+                    .iter()
+                    .find(|q| q.per == Duration::from_secs(3600))
+                    .unwrap();
+                assert!(h.limit < hour);
+            }
+        }
+    }
+}
