@@ -22,6 +22,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: poll every enabled tenant and deliver to the sinks until SIGTERM.
+    Run(commands::run::Args),
+    /// The whole pipeline against the built-in simulator, delivering to ./xdr-relay-demo/.
+    Demo(commands::demo::Args),
     /// Validate relay.toml and tenants.d/*.toml; print every problem; exit 0 or 2.
     CheckConfig(commands::check_config::Args),
     /// Run the Entra ID + Defender API simulator (for demos, tests and load runs).
@@ -34,6 +38,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Demo(args) => commands::demo::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
         Command::Sim(args) => commands::sim::run(args),
         Command::Status(args) => commands::status::run(args),

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod check_config;
+pub mod demo;
+pub mod run;
 pub mod sim;
 pub mod state;
 pub mod status;

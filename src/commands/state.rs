@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use relay_config::{Config, StateKey as KeySource};
-use relay_state::{StateKey, StateStore, StoreOptions};
+use relay_state::{StateKey, StateStore};
 use std::path::Path;
 
 /// Whether the caller writes (the daemon) or only reads (`status`, while the daemon runs).
@@ -32,18 +32,11 @@ pub fn load_key(config: &Config, create: bool) -> anyhow::Result<StateKey> {
     }
 }
 
-/// Store options from the configuration (outbox bound per sink).
-pub fn store_options(config: &Config) -> StoreOptions {
-    let mut opts = StoreOptions::default();
-    opts.outbox_limit.max_rows = config.outbox.max_events_per_sink;
-    opts
-}
-
 /// Opens the state store named in the configuration.
 pub fn open(config: &Config, access: Access) -> anyhow::Result<StateStore> {
     let key = load_key(config, access == Access::ReadWrite)?;
     let path = &config.state.path;
-    let opts = store_options(config);
+    let opts = relay_pipeline::store_options(config);
     let store = match access {
         Access::ReadWrite => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -1,0 +1,89 @@
+//! `xdr-relay run`: the daemon.
+
+use anyhow::Context;
+use relay_pipeline::{Relay, RelayOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::check_config::EXIT_BAD_CONFIG;
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Path of relay.toml.
+    #[arg(long, short, default_value = "/etc/xdr-relay/relay.toml")]
+    pub config: PathBuf,
+    /// After SIGTERM, how long sinks may keep delivering their outboxes before the
+    /// process exits (what is left is delivered after the next start).
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Loads the configuration, opens the state store, runs until SIGTERM/SIGINT, drains.
+///
+/// Exit status: 0 after a clean shutdown; 2 when the configuration, the state file or
+/// its key is unusable (nothing was started); 1 on a failure while running.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env = super::process_env();
+    let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} problem(s); nothing was started",
+                args.config.display(),
+                errors.problems().len()
+            );
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let state = match super::state::open(&config, super::state::Access::ReadWrite) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "cannot open the state store; nothing was started");
+                eprintln!("xdr-relay: error: {e:#}");
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        };
+        let opts = RelayOptions {
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            ..RelayOptions::default()
+        };
+        let relay = match Relay::new(&config, state, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "cannot build the relay; nothing was started");
+                eprintln!("xdr-relay: error: {e:#}");
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            tracing::info!("shutdown requested: stopping polls, draining sinks");
+            on_signal.cancel();
+        });
+        tracing::info!(
+            config = %args.config.display(),
+            tenants = config.enabled_tenants().count(),
+            sinks = config.sinks.len(),
+            "xdr-relay running"
+        );
+        let report = relay.run(shutdown).await.context("the relay failed")?;
+        tracing::info!(
+            polls = report.polls,
+            poll_errors = report.poll_errors,
+            events = report.events,
+            delivered = report.delivered,
+            left_in_outbox = ?report.left_in_outbox,
+            "xdr-relay stopped"
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
