@@ -35,7 +35,6 @@ pub use types::{
     Api, Audience, Cloud, Endpoints, Feed, Stream, RESOURCE_GRAPH, RESOURCE_THREAT_PROTECTION,
     RESOURCE_WINDOWS_DEFENDER_ATP,
 };
-pub use validate::{DEFAULT_SOURCETYPE_ALERTS, DEFAULT_SOURCETYPE_INCIDENTS};
 
 #[cfg(test)]
 mod tests;

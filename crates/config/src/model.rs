@@ -254,14 +254,18 @@ pub struct SplunkHecConfig {
     pub token: Secret,
     /// `index` (default unset: the token's default index).
     pub index: Option<String>,
-    /// `source` (default `xdr-relay`).
-    pub source: String,
+    /// `source` (default unset: the sink uses `xdr-relay:{feed}:{tenant_id}`). May hold the
+    /// placeholders `{tenant}`, `{tenant_id}`, `{stream}`, `{feed}`, checked when the sink is
+    /// built.
+    pub source: Option<String>,
     /// Sourcetype of `incidents` events: `sourcetypes.incidents`, else `sourcetype`, else
-    /// `microsoft:defender:incident`.
-    pub sourcetype_incidents: String,
-    /// Sourcetype of `alerts` events: `sourcetypes.alerts`, else `sourcetype`, else
-    /// `microsoft:defender:alert`.
-    pub sourcetype_alerts: String,
+    /// unset: the sink then uses the Splunk Add-on for Microsoft Security's sourcetype of the
+    /// feed (`ms365:defender:incident`).
+    pub sourcetype_incidents: Option<String>,
+    /// Sourcetype of `alerts` events: `sourcetypes.alerts`, else `sourcetype`, else unset:
+    /// the sink then uses the add-on's sourcetype of the feed (`ms:defender:atp:alerts` for
+    /// Defender for Endpoint alerts, `ms365:defender:incident:alerts` for Graph alerts).
+    pub sourcetype_alerts: Option<String>,
     /// `host` (default unset: Splunk records the sender).
     pub host: Option<String>,
     /// `gzip` (default true).
@@ -277,11 +281,11 @@ pub struct SplunkHecConfig {
 }
 
 impl SplunkHecConfig {
-    /// The sourcetype for events of `stream`.
-    pub fn sourcetype_for(&self, stream: Stream) -> &str {
+    /// The configured sourcetype for events of `stream`; `None` means the per-feed default.
+    pub fn sourcetype_for(&self, stream: Stream) -> Option<&str> {
         match stream {
-            Stream::Incidents => &self.sourcetype_incidents,
-            Stream::Alerts => &self.sourcetype_alerts,
+            Stream::Incidents => self.sourcetype_incidents.as_deref(),
+            Stream::Alerts => self.sourcetype_alerts.as_deref(),
         }
     }
 }
@@ -381,6 +385,22 @@ pub struct SyslogConfig {
     pub facility: u8,
     /// `[tls]`; present exactly when `transport = "tls"`.
     pub tls: Option<TlsConfig>,
+    /// `bom` (default false): put a UTF-8 BOM before MSG (RFC 5424 §6.4). Only with
+    /// `rfc = 5424`; off by default because it breaks rsyslog's CEF parsing.
+    pub bom: bool,
+    /// `max_datagram_bytes` (default 8,192; 480–65,507; UDP only): a larger message is
+    /// refused (the sink stops with an error naming the event), never cut or dropped.
+    pub max_datagram_bytes: usize,
+}
+
+impl SyslogConfig {
+    /// Default `max_datagram_bytes`: rsyslog's default `maxMessageSize`, so a default receiver
+    /// does not cut what the relay sends.
+    pub const DEFAULT_MAX_DATAGRAM_BYTES: usize = 8192;
+    /// Smallest `max_datagram_bytes`: what every receiver must take (RFC 5426 §3.2).
+    pub const MIN_DATAGRAM_BYTES: usize = 480;
+    /// Largest `max_datagram_bytes`: the IPv4 UDP payload limit.
+    pub const MAX_DATAGRAM_BYTES: usize = 65_507;
 }
 
 /// `transport` of a syslog sink.

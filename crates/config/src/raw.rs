@@ -132,6 +132,8 @@ pub(crate) struct RawSyslogSink {
     pub hostname: Option<String>,
     pub facility: Option<String>,
     pub tls: Option<RawTls>,
+    pub bom: Option<bool>,
+    pub max_datagram_bytes: Option<u64>,
 }
 
 /// `[sinks.NAME]` with `type = "kafka"`.

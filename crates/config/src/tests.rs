@@ -167,9 +167,10 @@ fn shipped_examples_load() {
     assert_eq!(hec.batch, BatchConfig::default());
     assert_eq!(hec.indexer_ack, IndexerAckConfig::default());
     assert_eq!(hec.tls, TlsConfig::default());
+    // The example sets both per-stream sourcetypes; only the shared `sourcetype` is unset.
     assert_eq!(
         hec.sourcetype_for(Stream::Incidents),
-        DEFAULT_SOURCETYPE_INCIDENTS
+        Some("microsoft:defender:incident")
     );
     let Some(SinkConfig::Syslog(syslog)) = config.sinks.get("arcsight") else {
         panic!("arcsight sink missing");
@@ -237,6 +238,15 @@ fn minimal_config_gets_every_default() {
         (file.max_file_bytes, file.max_files),
         (100 * 1024 * 1024, 10)
     );
+    let Some(SinkConfig::SplunkHec(hec)) = config.sinks.get("splunk") else {
+        panic!("splunk sink missing");
+    };
+    // Unset source and sourcetypes leave the per-feed defaults to the sink.
+    assert_eq!(hec.source, None);
+    assert_eq!(hec.sourcetype_for(Stream::Incidents), None);
+    assert_eq!(hec.sourcetype_for(Stream::Alerts), None);
+    assert!(hec.gzip);
+    assert_eq!(hec.request_timeout, Duration::from_secs(30));
 
     let t = config.tenant("contoso").unwrap();
     assert_eq!(t.tenant_id, TENANT_ID);
@@ -791,6 +801,64 @@ fn kafka_properties_are_checked() {
     );
     assert_has_prefix(&errors, "relay.toml: sinks.bus.librdkafka.\"sasl.password\": secrets are not accepted as literal values");
     assert!(!errors.join("\n").contains("hunter2-literal"));
+}
+
+#[test]
+fn kafka_properties_that_would_break_delivery_are_refused() {
+    let f = Fixture::new(&format!(
+        "{RELAY}\n[sinks.bus]\ntype = \"kafka\"\nbrokers = [\"k:9092\"]\n[sinks.bus.librdkafka]\n\"message.timeout.ms\" = 0\n\"transactional.id\" = \"relay\"\n\"delivery.report.only.error\" = true\n"
+    ));
+    let errors = f.errors();
+    assert_has_prefix(
+        &errors,
+        "relay.toml: sinks.bus.librdkafka.\"message.timeout.ms\": must be a number of milliseconds from 1",
+    );
+    assert_has_prefix(
+        &errors,
+        "relay.toml: sinks.bus.librdkafka.\"transactional.id\": cannot be set here: not supported",
+    );
+    assert_has_prefix(
+        &errors,
+        "relay.toml: sinks.bus.librdkafka.\"delivery.report.only.error\": cannot be set here",
+    );
+}
+
+#[test]
+fn syslog_bom_and_datagram_size_are_checked() {
+    let f = Fixture::new(&format!(
+        "{RELAY}\n[sinks.siem]\ntype = \"syslog\"\naddress = \"siem:514\"\nrfc = 3164\nbom = true\nmax_datagram_bytes = 4096\n[sinks.udp]\ntype = \"syslog\"\naddress = \"siem:514\"\ntransport = \"udp\"\nmax_datagram_bytes = 100\n"
+    ));
+    let errors = f.errors();
+    assert_has(
+        &errors,
+        "relay.toml: sinks.siem.bom: applies only to `rfc = 5424`",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: sinks.siem.max_datagram_bytes: applies only to `transport = \"udp\"`",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: sinks.udp.max_datagram_bytes: must be 480–65507 (found 100)",
+    );
+
+    let f = Fixture::new(&format!(
+        "{RELAY}\n[sinks.siem]\ntype = \"syslog\"\naddress = \"siem:514\"\nbom = true\n[sinks.udp]\ntype = \"syslog\"\naddress = \"siem:514\"\ntransport = \"udp\"\nmax_datagram_bytes = 65507\n"
+    ));
+    let config = f.config();
+    let Some(SinkConfig::Syslog(s)) = config.sinks.get("siem") else {
+        panic!("syslog sink missing");
+    };
+    assert!(s.bom);
+    assert_eq!(
+        s.max_datagram_bytes,
+        SyslogConfig::DEFAULT_MAX_DATAGRAM_BYTES
+    );
+    let Some(SinkConfig::Syslog(u)) = config.sinks.get("udp") else {
+        panic!("syslog sink missing");
+    };
+    assert!(!u.bom);
+    assert_eq!(u.max_datagram_bytes, 65_507);
 }
 
 #[test]

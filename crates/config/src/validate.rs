@@ -25,11 +25,6 @@ const MAX_FIRST_FETCH_HOURS: u64 = 180 * 24;
 const APIS: [(&str, Api); 2] = [("graph", Api::Graph), ("defender", Api::Defender)];
 const STREAMS: [(&str, Stream); 2] = [("incidents", Stream::Incidents), ("alerts", Stream::Alerts)];
 
-/// Default sourcetype of HEC `incidents` events.
-pub const DEFAULT_SOURCETYPE_INCIDENTS: &str = "microsoft:defender:incident";
-/// Default sourcetype of HEC `alerts` events.
-pub const DEFAULT_SOURCETYPE_ALERTS: &str = "microsoft:defender:alert";
-
 pub(crate) fn state(ctx: &mut Ctx<'_>, raw: RawState) -> Option<StateConfig> {
     let path = ctx
         .required("state.path", raw.path)
@@ -388,13 +383,9 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         url: url?,
         token: token?,
         index,
-        source: source.unwrap_or_else(|| "xdr-relay".to_string()),
-        sourcetype_incidents: st_incidents
-            .or_else(|| sourcetype.clone())
-            .unwrap_or_else(|| DEFAULT_SOURCETYPE_INCIDENTS.to_string()),
-        sourcetype_alerts: st_alerts
-            .or(sourcetype)
-            .unwrap_or_else(|| DEFAULT_SOURCETYPE_ALERTS.to_string()),
+        source,
+        sourcetype_incidents: st_incidents.or_else(|| sourcetype.clone()),
+        sourcetype_alerts: st_alerts.or(sourcetype),
         host,
         gzip: raw.gzip.unwrap_or(true),
         request_timeout: request_timeout?,
@@ -549,6 +540,39 @@ pub(crate) fn syslog_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawSyslogSink) -> O
         }
         (_, None) => Some(None),
     };
+    let bom = raw.bom.unwrap_or(false);
+    if bom && rfc == Some(SyslogRfc::Rfc3164) {
+        ctx.problem(&k("bom"), "applies only to `rfc = 5424`");
+    }
+    let max_datagram_bytes = match raw.max_datagram_bytes {
+        None => Some(SyslogConfig::DEFAULT_MAX_DATAGRAM_BYTES),
+        Some(_) if transport.is_some() && transport != Some(SyslogTransport::Udp) => {
+            ctx.problem(
+                &k("max_datagram_bytes"),
+                "applies only to `transport = \"udp\"`",
+            );
+            None
+        }
+        Some(n) => match usize::try_from(n) {
+            Ok(n)
+                if (SyslogConfig::MIN_DATAGRAM_BYTES..=SyslogConfig::MAX_DATAGRAM_BYTES)
+                    .contains(&n) =>
+            {
+                Some(n)
+            }
+            _ => {
+                ctx.problem(
+                    &k("max_datagram_bytes"),
+                    format!(
+                        "must be {}–{} (found {n})",
+                        SyslogConfig::MIN_DATAGRAM_BYTES,
+                        SyslogConfig::MAX_DATAGRAM_BYTES
+                    ),
+                );
+                None
+            }
+        },
+    };
     let (host, port) = host_port?;
     if !app_ok {
         return None;
@@ -565,11 +589,14 @@ pub(crate) fn syslog_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawSyslogSink) -> O
         hostname: hostname?,
         facility: facility?,
         tls: tls?,
+        bom,
+        max_datagram_bytes: max_datagram_bytes?,
     }))
 }
 
 /// librdkafka properties xdr-relay sets itself, with the key to use instead.
-const KAFKA_RESERVED: [(&str, &str); 7] = [
+// Keep in step with `relay_sinks::KafkaSinkConfig::RESERVED_PROPERTIES`, which checks again.
+const KAFKA_RESERVED: [(&str, &str); 9] = [
     ("bootstrap.servers", "set by `brokers`"),
     ("metadata.broker.list", "set by `brokers`"),
     ("compression.codec", "set by `compression`"),
@@ -582,6 +609,14 @@ const KAFKA_RESERVED: [(&str, &str); 7] = [
     (
         "request.required.acks",
         "fixed: the producer always waits for acks=all",
+    ),
+    (
+        "delivery.report.only.error",
+        "fixed: the sink needs every delivery report",
+    ),
+    (
+        "transactional.id",
+        "not supported: the sink is idempotent, not transactional",
     ),
 ];
 
@@ -647,6 +682,19 @@ pub(crate) fn kafka_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawKafkaSink) -> Opt
             RawProperty::Secret(secret) => ctx.secret(&pkey, &secret).map(KafkaProperty::Secret),
             RawProperty::Plain(_) if kafka_property_is_secret(&name) => {
                 ctx.problem(&pkey, crate::raw::LITERAL_SECRET);
+                None
+            }
+            RawProperty::Plain(v)
+                if (name == "message.timeout.ms" || name == "delivery.timeout.ms")
+                    && !v
+                        .parse::<u32>()
+                        .is_ok_and(|ms| (1..=i32::MAX as u32).contains(&ms)) =>
+            {
+                ctx.problem(
+                    &pkey,
+                    "must be a number of milliseconds from 1 \
+                     (0 would let a batch wait for ever during an outage)",
+                );
                 None
             }
             RawProperty::Plain(v) => Some(KafkaProperty::Plain(v)),

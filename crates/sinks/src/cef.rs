@@ -13,6 +13,8 @@
 //! * header values: `\` → `\\`, `|` → `\|`; CR and LF (not allowed in the header) → space;
 //! * extension values: `\` → `\\`, `=` → `\=`, CR → `\r`, LF → `\n`; `|` and spaces stay
 //!   as they are;
+//! * NUL, in header or extension, → U+FFFD: CEF cannot escape it and receivers end the
+//!   message there;
 //! * keys are CEF dictionary keys (case-sensitive), all alphanumeric;
 //! * strings are cut to the dictionary's length for their key, counted in characters, never
 //!   inside a UTF-8 character; identifiers are never cut (a cut id names another item);
@@ -99,28 +101,37 @@ pub(crate) const SIGNATURE_MAX: usize = 1023;
 /// Longest `Name`.
 pub(crate) const NAME_MAX: usize = 512;
 
-/// Appends a header value, escaped: `\` → `\\`, `|` → `\|`, and CR/LF (forbidden in the
-/// header) replaced by a space.
+/// Appends a header value, escaped: `\` → `\\`, `|` → `\|`, CR/LF (forbidden in the
+/// header) replaced by a space, NUL replaced by U+FFFD (see [`NUL_REPLACEMENT`]).
 pub fn escape_header(value: &str, out: &mut String) {
     escape(value, out, |c| match c {
         '\\' => Some("\\\\"),
         '|' => Some("\\|"),
         '\r' | '\n' => Some(" "),
+        '\0' => Some(NUL_REPLACEMENT),
         _ => None,
     })
 }
 
-/// Appends an extension value, escaped: `\` → `\\`, `=` → `\=`, CR → `\r`, LF → `\n`.
-/// Nothing else is escaped — in particular not `|`, which the standard says must stay bare.
+/// Appends an extension value, escaped: `\` → `\\`, `=` → `\=`, CR → `\r`, LF → `\n`,
+/// NUL → U+FFFD (see [`NUL_REPLACEMENT`]). Nothing else is escaped — in particular not `|`,
+/// which the standard says must stay bare.
 pub fn escape_extension(value: &str, out: &mut String) {
     escape(value, out, |c| match c {
         '\\' => Some("\\\\"),
         '=' => Some("\\="),
         '\r' => Some("\\r"),
         '\n' => Some("\\n"),
+        '\0' => Some(NUL_REPLACEMENT),
         _ => None,
     })
 }
+
+/// What a NUL character in a value becomes: U+FFFD, the replacement character. CEF has no
+/// escape for it, and syslog receivers read NUL as the end of the message (syslog-ng cut a
+/// line at a NUL in `request` and lost every later field — found by the syslog conformance
+/// test); a JSON document can carry `\u0000` in any attacker-controlled string.
+pub const NUL_REPLACEMENT: &str = "\u{FFFD}";
 
 fn escape(value: &str, out: &mut String, rule: impl Fn(char) -> Option<&'static str>) {
     let mut start = 0;

@@ -10,6 +10,14 @@
 //!   [`hec`] (Splunk HEC envelopes), [`cef`] (ArcSight CEF lines). Transports move bytes.
 //! * [`mod@file`] is the file sink (JSON lines, fsync per batch, rotation, crash recovery).
 //!   Splunk HEC, syslog and Kafka transports come next, on the formatters that exist here.
+//! * [`splunk_hec`] is the Splunk HTTP Event Collector sink (batches of envelopes, gzip,
+//!   indexer acknowledgement, TLS); with feature `test-support` it also offers a strict HEC
+//!   receiver for tests.
+//! * [`syslog`] is the syslog sink (CEF or JSON behind an RFC 5424/3164 header; TCP with
+//!   octet counting or LF framing, TLS, UDP).
+//! * [`kafka`] is the Kafka sink (idempotent librdkafka producer, `acks=all`, key
+//!   `tenant_id:id`, the JSON-lines record as value; `Ok` only once every record of a batch
+//!   has a successful delivery report).
 
 pub mod cef;
 mod error;
@@ -18,11 +26,17 @@ pub mod file;
 pub mod hec;
 mod json;
 pub mod jsonl;
+pub mod kafka;
 mod sink;
+pub mod splunk_hec;
+pub mod syslog;
 mod template;
 
 pub use error::SinkError;
 pub use event::{Event, Severity};
 pub use file::{FileSink, FileSinkConfig};
+pub use kafka::{KafkaSink, KafkaSinkConfig};
 pub use sink::{AnySink, BatchLimits, Sink};
+pub use splunk_hec::{SplunkHecSink, SplunkHecSinkConfig};
+pub use syslog::{SyslogSink, SyslogSinkConfig};
 pub use template::{Template, TemplateError};

@@ -3,6 +3,9 @@
 use crate::error::SinkError;
 use crate::event::Event;
 use crate::file::FileSink;
+use crate::kafka::KafkaSink;
+use crate::splunk_hec::SplunkHecSink;
+use crate::syslog::SyslogSink;
 use std::future::Future;
 
 /// How big a batch the sink worker should hand to [`Sink::send`].
@@ -70,10 +73,19 @@ pub trait Sink {
 ///
 /// Splunk HEC, syslog (CEF) and Kafka join in the next slice; their pure formatters
 /// ([`crate::hec`], [`crate::cef`]) exist already.
+// Built once per configured sink and held for the process's life: the size difference
+// between variants costs nothing, boxing would cost an indirection per call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnySink {
     /// JSON lines in local files.
     File(FileSink),
+    /// Splunk HTTP Event Collector.
+    SplunkHec(SplunkHecSink),
+    /// CEF or JSON over syslog (TCP, TLS, UDP) to ArcSight and other syslog receivers.
+    Syslog(SyslogSink),
+    /// Kafka topics, through an idempotent librdkafka producer.
+    Kafka(KafkaSink),
 }
 
 impl AnySink {
@@ -81,6 +93,9 @@ impl AnySink {
     pub fn kind(&self) -> &'static str {
         match self {
             AnySink::File(_) => "file",
+            AnySink::SplunkHec(_) => "splunk_hec",
+            AnySink::Syslog(_) => "syslog",
+            AnySink::Kafka(_) => "kafka",
         }
     }
 }
@@ -91,34 +106,67 @@ impl From<FileSink> for AnySink {
     }
 }
 
+impl From<SplunkHecSink> for AnySink {
+    fn from(s: SplunkHecSink) -> Self {
+        AnySink::SplunkHec(s)
+    }
+}
+
+impl From<SyslogSink> for AnySink {
+    fn from(s: SyslogSink) -> Self {
+        AnySink::Syslog(s)
+    }
+}
+
+impl From<KafkaSink> for AnySink {
+    fn from(s: KafkaSink) -> Self {
+        AnySink::Kafka(s)
+    }
+}
+
 impl Sink for AnySink {
     fn name(&self) -> &str {
         match self {
             AnySink::File(s) => s.name(),
+            AnySink::SplunkHec(s) => s.name(),
+            AnySink::Syslog(s) => s.name(),
+            AnySink::Kafka(s) => s.name(),
         }
     }
 
     fn batch_limits(&self) -> BatchLimits {
         match self {
             AnySink::File(s) => s.batch_limits(),
+            AnySink::SplunkHec(s) => s.batch_limits(),
+            AnySink::Syslog(s) => s.batch_limits(),
+            AnySink::Kafka(s) => s.batch_limits(),
         }
     }
 
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
         match self {
             AnySink::File(s) => s.healthcheck().await,
+            AnySink::SplunkHec(s) => s.healthcheck().await,
+            AnySink::Syslog(s) => s.healthcheck().await,
+            AnySink::Kafka(s) => s.healthcheck().await,
         }
     }
 
     async fn send(&mut self, batch: &[Event]) -> Result<(), SinkError> {
         match self {
             AnySink::File(s) => s.send(batch).await,
+            AnySink::SplunkHec(s) => s.send(batch).await,
+            AnySink::Syslog(s) => s.send(batch).await,
+            AnySink::Kafka(s) => s.send(batch).await,
         }
     }
 
     async fn shutdown(&mut self) -> Result<(), SinkError> {
         match self {
             AnySink::File(s) => s.shutdown().await,
+            AnySink::SplunkHec(s) => s.shutdown().await,
+            AnySink::Syslog(s) => s.shutdown().await,
+            AnySink::Kafka(s) => s.shutdown().await,
         }
     }
 }

@@ -124,6 +124,22 @@ fn standard_test_vectors() {
 }
 
 #[test]
+fn nul_in_a_value_becomes_a_replacement_character_not_the_end_of_the_message() {
+    // Regression: syslog-ng cut the message at a raw NUL in `request` and lost every later
+    // field (tests/syslog_conformance.rs).
+    let mut e = alert_with(|d| {
+        d["description"] = Value::String("before\0after".into());
+        d["evidence"][0]["deviceDnsName"] = Value::String("host\0name".into());
+    });
+    e.title = Some("title\0tail".into());
+    let l = to_line(&e, &CefOptions::default());
+    assert!(!l.contains('\0'), "{l}");
+    assert!(l.contains("|title\u{FFFD}tail|"), "{l}");
+    assert!(l.contains(" shost=host\u{FFFD}name "), "{l}");
+    assert!(l.ends_with(" msg=before\u{FFFD}after"), "{l}");
+}
+
+#[test]
 fn header_never_carries_a_line_break() {
     let mut h = String::new();
     escape_header("two\r\nlines\n", &mut h);
@@ -423,7 +439,10 @@ proptest! {
         escape_header(&s, &mut h);
         // The decoder panics on a bare `|` inside the field (it would split the header
         // into more than 7 fields) and on raw CR/LF.
-        prop_assert_eq!(unescape_header(&h), s.replace(['\r', '\n'], " "));
+        prop_assert_eq!(
+            unescape_header(&h),
+            s.replace(['\r', '\n'], " ").replace('\0', NUL_REPLACEMENT)
+        );
     }
 
     #[test]
@@ -434,9 +453,9 @@ proptest! {
         for v in [&s, &t] {
             let mut e = String::new();
             escape_extension(v, &mut e);
-            prop_assert!(!e.contains(['\r', '\n']));
+            prop_assert!(!e.contains(['\r', '\n', '\0']));
             // unescape_value panics on a bare `=`.
-            prop_assert_eq!(&unescape_value(&e), v);
+            prop_assert_eq!(unescape_value(&e), v.replace('\0', NUL_REPLACEMENT));
         }
     }
 
@@ -469,7 +488,9 @@ proptest! {
             }
         }
         let (header, pairs) = parse(&l);
-        prop_assert_eq!(&header[1..], &fields[..]);
+        let expect_header: Vec<String> =
+            fields.iter().map(|f| f.replace('\0', NUL_REPLACEMENT)).collect();
+        prop_assert_eq!(&header[1..], &expect_header[..]);
         prop_assert_eq!(pairs, expected);
     }
 
@@ -495,7 +516,9 @@ proptest! {
             truncate_chars(title.trim(), NAME_MAX).trim_end().replace(['\r', '\n'], " ")
         };
         prop_assert_eq!(&header[5], &expect_name);
-        let expect_msg = truncate_chars(description.trim(), 1023).trim_end().to_string();
+        let expect_msg = truncate_chars(description.trim(), 1023)
+            .trim_end()
+            .replace('\0', NUL_REPLACEMENT);
         prop_assert_eq!(value(&ext, "msg").unwrap_or_default(), expect_msg);
         prop_assert_eq!(value(&ext, "cat").unwrap_or_default(), category.trim().to_string());
         prop_assert_eq!(value(&ext, "shost").unwrap_or_default(), host.trim().to_string());
