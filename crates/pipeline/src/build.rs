@@ -1,0 +1,200 @@
+//! Building the parts of the relay from the validated configuration: HTTP clients, the
+//! tenants' credentials, the sinks. All checks that can fail do so here, before anything
+//! runs, each naming the tenant or sink at fault.
+
+use std::time::Duration;
+
+use relay_auth::{Credential, TenantAuth};
+use relay_config::{AuthMethod, Config, Feed, HttpConfig, SinkConfig, TenantConfig};
+use relay_defender::TenantTarget;
+use relay_sinks::{AnySink, FileSink, FileSinkConfig};
+use relay_state::{OutboxLimit, StateError, StateStore, StoreOptions};
+
+use crate::error::PipelineError;
+
+/// The [`StoreOptions`] the daemon should open its state store with for `config`: the
+/// `[outbox] max_events_per_sink` bound on every sink's outbox.
+pub fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        outbox_limit: OutboxLimit {
+            max_rows: config.outbox.max_events_per_sink,
+            ..OutboxLimit::default()
+        },
+        ..StoreOptions::default()
+    }
+}
+
+/// Everything a tenant's poll tasks need, fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct TenantPlan {
+    pub(crate) target: TenantTarget,
+    pub(crate) feeds: Vec<Feed>,
+    /// The sinks its events go to, in configuration order.
+    pub(crate) sinks: Vec<String>,
+    pub(crate) poll_interval: Duration,
+    pub(crate) overlap: Duration,
+    pub(crate) availability_lag: Duration,
+    pub(crate) first_fetch: Duration,
+}
+
+impl TenantPlan {
+    pub(crate) fn name(&self) -> &str {
+        &self.target.name
+    }
+}
+
+/// The plan of `tenant`, its sinks checked against the configured ones.
+pub(crate) fn tenant_plan(
+    config: &Config,
+    tenant: &TenantConfig,
+    poll_interval_override: Option<Duration>,
+) -> Result<TenantPlan, PipelineError> {
+    if tenant.sinks.is_empty() {
+        return Err(PipelineError::NoSinks {
+            tenant: tenant.name.clone(),
+            file: tenant.file.display().to_string(),
+        });
+    }
+    if let Some(sink) = tenant.sinks.iter().find(|s| !config.sinks.contains_key(*s)) {
+        return Err(PipelineError::UnknownSink {
+            tenant: tenant.name.clone(),
+            sink: sink.clone(),
+        });
+    }
+    let mut sinks: Vec<String> = Vec::with_capacity(tenant.sinks.len());
+    for s in &tenant.sinks {
+        // A sink listed twice must not get every event twice.
+        if !sinks.contains(s) {
+            sinks.push(s.clone());
+        }
+    }
+    let mut feeds = tenant.feeds();
+    feeds.dedup();
+    Ok(TenantPlan {
+        target: TenantTarget {
+            name: tenant.name.clone(),
+            tenant_id: tenant.tenant_id.clone(),
+            endpoints: tenant.endpoints.clone(),
+        },
+        feeds,
+        sinks,
+        poll_interval: poll_interval_override
+            .unwrap_or(tenant.poll_interval)
+            .max(Duration::from_millis(100)),
+        overlap: tenant.overlap,
+        availability_lag: tenant.availability_lag,
+        first_fetch: tenant.first_fetch,
+    })
+}
+
+/// The HTTP client for the APIs (`purpose = "api"`) or for Entra (`"token"`). The token
+/// client follows no redirects: a token request carrying a secret must not be replayed to
+/// wherever a redirect points.
+pub(crate) fn http_client(
+    http: &HttpConfig,
+    purpose: &'static str,
+) -> Result<reqwest::Client, PipelineError> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(http.user_agent.clone())
+        .connect_timeout(http.connect_timeout)
+        .timeout(http.request_timeout);
+    if purpose == "token" {
+        builder = builder.redirect(reqwest::redirect::Policy::none());
+    }
+    builder
+        .build()
+        .map_err(|source| PipelineError::Http { purpose, source })
+}
+
+/// The token manager's view of `tenant`. For a refresh-token tenant the refresh token is
+/// the one in the state store (rotated on every use, so newer than any file), else the
+/// tenant file's bootstrap token, which is saved to the store first so that the store
+/// holds the current token from the first rotation on.
+pub(crate) fn tenant_auth(
+    tenant: &TenantConfig,
+    state: &StateStore,
+) -> Result<TenantAuth, PipelineError> {
+    let credential = match &tenant.auth.method {
+        AuthMethod::RefreshToken {
+            client_secret,
+            refresh_token,
+        } => {
+            let stored = state
+                .load_refresh_token(&tenant.name)
+                .map_err(|e| refresh_token_error(tenant, e))?;
+            let token = match (stored, refresh_token) {
+                (Some(stored), _) => stored,
+                (None, Some(bootstrap)) => {
+                    state
+                        .save_refresh_token(&tenant.name, bootstrap)
+                        .map_err(|e| refresh_token_error(tenant, e))?;
+                    tracing::info!(tenant = %tenant.name, "bootstrap refresh token from the tenant file saved to the state store");
+                    bootstrap.clone()
+                }
+                (None, None) => {
+                    return Err(PipelineError::NoRefreshToken {
+                        tenant: tenant.name.clone(),
+                        file: tenant.file.display().to_string(),
+                    })
+                }
+            };
+            Credential::RefreshToken {
+                refresh_token: token,
+                client_secret: client_secret.clone(),
+            }
+        }
+        AuthMethod::ClientSecret { client_secret } => Credential::ClientSecret {
+            secret: client_secret.clone(),
+        },
+        AuthMethod::Certificate {
+            certificate_pem,
+            private_key,
+            ..
+        } => Credential::Certificate {
+            cert_pem: certificate_pem.clone(),
+            key_pem: private_key.clone(),
+        },
+    };
+    Ok(TenantAuth {
+        name: tenant.name.clone(),
+        tenant_id: tenant.tenant_id.clone(),
+        endpoints: tenant.endpoints.clone(),
+        client_id: tenant.auth.client_id.clone(),
+        credential,
+        token_version: match tenant.auth.token_version {
+            relay_config::TokenVersion::V1 => relay_auth::TokenVersion::V1,
+            relay_config::TokenVersion::V2 => relay_auth::TokenVersion::V2,
+        },
+    })
+}
+
+fn refresh_token_error(tenant: &TenantConfig, e: StateError) -> PipelineError {
+    match e {
+        StateError::KeyRequired { .. } => PipelineError::StateKeyRequired {
+            tenant: tenant.name.clone(),
+        },
+        source => PipelineError::State {
+            context: format!(
+                "tenant {}: cannot read or store its refresh token",
+                tenant.name
+            ),
+            source: Box::new(source),
+        },
+    }
+}
+
+/// The sink configured as `name`.
+pub(crate) fn sink(name: &str, config: &SinkConfig) -> Result<AnySink, PipelineError> {
+    match config {
+        SinkConfig::File(file) => {
+            let mut c = FileSinkConfig::new(name, file.path.clone());
+            c.max_file_bytes = file.max_file_bytes;
+            c.max_files = usize::try_from(file.max_files).unwrap_or(usize::MAX);
+            Ok(AnySink::File(FileSink::new(c)?))
+        }
+        other => Err(PipelineError::UnsupportedSink {
+            sink: name.to_owned(),
+            kind: other.kind().as_str(),
+        }),
+    }
+}

@@ -1,0 +1,505 @@
+//! The scheduler's task for one (tenant, feed) and its poll cycle — the heart of the relay.
+//!
+//! One poll reads the window `[checkpoint − overlap, now − availability_lag)` page by page.
+//! Each page's new versions (not in the seen set loaded at the start, not already met in
+//! this cycle) are normalized and committed in one transaction that appends one outbox row
+//! per (event, routed sink) and records the versions as seen, leaving the checkpoint alone;
+//! so memory stays bounded by one page however large the backlog. After the last page a
+//! final commit advances the checkpoint to the window's end and forgets seen versions older
+//! than the window's start. A crash before a commit re-polls what it would have held; after
+//! it nothing is lost; the seen set makes the re-poll deliver nothing twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use relay_auth::TokenManager;
+use relay_config::Feed;
+use relay_defender::{ApiFamily, DefenderClient, DefenderError};
+use relay_state::{truncate_to_tick, AuthState, PollCommit, StateError, StateStore};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::backoff::{first_poll_delay, next_poll_delay};
+use crate::build::TenantPlan;
+use crate::error::chain;
+use crate::normalize::normalize;
+use crate::status::{FeedCell, SinkCell, TenantCell};
+
+/// How often "outbox full; pausing polls" is repeated per sink while a pause lasts.
+const PAUSE_LOG_EVERY: Duration = Duration::from_secs(300);
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PollError {
+    /// Reading the window failed (after the client's own retries).
+    #[error(transparent)]
+    Defender(#[from] DefenderError),
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A blocking state-store call panicked.
+    #[error("state store task failed during {operation}")]
+    Panicked {
+        /// What it was doing.
+        operation: &'static str,
+    },
+    /// An event could not be serialized for the outbox.
+    #[error("cannot encode version {id} for the outbox")]
+    Encode {
+        /// The item id.
+        id: String,
+        /// serde_json's report.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How a poll ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PollEnd {
+    /// The whole window was read and committed.
+    Completed {
+        /// New versions committed.
+        events: u64,
+        /// Versions skipped as already delivered.
+        duplicates: u64,
+        /// The checkpoint after the final commit.
+        checkpoint: Option<DateTime<Utc>>,
+    },
+    /// Shutdown arrived while a page was being fetched; what was committed stays, the rest
+    /// is re-polled after restart.
+    Cancelled,
+}
+
+/// Runs `f` on the blocking pool: SQLite commits wait for fsync.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<StateStore>,
+    operation: &'static str,
+    f: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, PollError> {
+    let state = Arc::clone(state);
+    match tokio::task::spawn_blocking(move || f(&state)).await {
+        Ok(r) => r.map_err(PollError::from),
+        Err(_) => Err(PollError::Panicked { operation }),
+    }
+}
+
+/// Everything one (tenant, feed) task needs.
+pub(crate) struct FeedTask {
+    pub(crate) plan: Arc<TenantPlan>,
+    pub(crate) feed: Feed,
+    pub(crate) state: Arc<StateStore>,
+    pub(crate) client: DefenderClient,
+    pub(crate) tokens: TokenManager,
+    /// The sinks the tenant routes to, in plan order.
+    pub(crate) sinks: Vec<Arc<SinkCell>>,
+    pub(crate) stats: Arc<FeedCell>,
+    pub(crate) tenant: Arc<TenantCell>,
+    pub(crate) permits: Arc<Semaphore>,
+}
+
+impl FeedTask {
+    /// The task body: poll every interval (the first one jittered across the interval,
+    /// each next one ±10 %) until `cancel` fires. A poll in progress when it fires stops at
+    /// the next page fetch; commits already started finish.
+    pub(crate) async fn run(self, cancel: CancellationToken) {
+        let interval = self.plan.poll_interval;
+        let mut rng = SmallRng::from_entropy();
+        let mut next = Instant::now() + first_poll_delay(interval, &mut rng);
+        let mut paused_since = None;
+        debug!(?interval, "feed scheduled");
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            let started = Instant::now();
+            next = started + next_poll_delay(interval, &mut rng);
+
+            if self.outbox_full(&mut paused_since) {
+                continue;
+            }
+            // A tenant the API told to back off (429 + Retry-After) would hold a permit
+            // while it waits; skip the poll instead and come back when the block is over.
+            let family = ApiFamily::of(self.feed);
+            if let Some(wait) = self
+                .client
+                .limiter()
+                .blocked_for(&self.plan.target.tenant_id, family)
+            {
+                debug!(?wait, "tenant throttled by the API; skipping this poll");
+                next = next.max(Instant::now() + wait);
+                continue;
+            }
+            // FIFO-fair: a tenant waiting for a permit is served before any that asks
+            // later, so a big tenant cannot starve the others.
+            let permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                p = self.permits.acquire() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let result = self.poll_once(&cancel).await;
+            drop(permit);
+            match result {
+                Ok(PollEnd::Cancelled) => break,
+                Ok(PollEnd::Completed {
+                    events,
+                    duplicates,
+                    checkpoint,
+                }) => {
+                    self.on_success(events, duplicates, checkpoint, started)
+                        .await;
+                }
+                Err(e) => self.on_failure(&e, interval).await,
+            }
+            self.sync_auth_state().await;
+        }
+        debug!("feed stopped");
+    }
+
+    /// Whether a sink this tenant routes to has a full outbox. The pause is logged once
+    /// per sink (and again every few minutes while it lasts), not once per tenant: a
+    /// shared sink filling up pauses thousands of tenants at once.
+    fn outbox_full(&self, pause: &mut Option<Instant>) -> bool {
+        let Some(sink) = self.sinks.iter().find(|s| s.is_over_limit()) else {
+            if let Some(since) = pause.take() {
+                debug!(paused_for = ?since.elapsed(), "outboxes have room again; polling resumes");
+                self.stats.inner.lock().paused_by_sink = None;
+            }
+            return false;
+        };
+        let now = Instant::now();
+        if sink.pause_log_due(now, PAUSE_LOG_EVERY) {
+            warn!(
+                sink = %sink.name,
+                "outbox of sink {} full; pausing polls for tenant {} (and every other tenant \
+                 routed to it) until the sink catches up; nothing is dropped",
+                sink.name,
+                self.plan.name()
+            );
+        } else {
+            debug!(sink = %sink.name, "outbox full; poll skipped");
+        }
+        pause.get_or_insert(now);
+        let mut s = self.stats.inner.lock();
+        s.skipped_outbox_full += 1;
+        s.paused_by_sink = Some(sink.name.clone());
+        true
+    }
+
+    /// One poll of the window; see the module docs.
+    pub(crate) async fn poll_once(&self, cancel: &CancellationToken) -> Result<PollEnd, PollError> {
+        let tenant = self.plan.name().to_owned();
+        let feed = self.feed.as_str();
+        let now = Utc::now();
+
+        let stored = {
+            let tenant = tenant.clone();
+            blocking(&self.state, "reading the checkpoint", move |s| {
+                s.checkpoint(&tenant, feed)
+            })
+            .await?
+        };
+        let checkpoint = stored.unwrap_or_else(|| before(now, self.plan.first_fetch));
+        let from = truncate_to_tick(before(checkpoint, self.plan.overlap));
+        let to = truncate_to_tick(before(now, self.plan.availability_lag));
+        if to <= from {
+            // Only possible with an availability lag longer than overlap + the time since
+            // the last poll; there is nothing to ask for yet.
+            return Ok(PollEnd::Completed {
+                events: 0,
+                duplicates: 0,
+                checkpoint: stored,
+            });
+        }
+
+        let mut seen: HashSet<(String, DateTime<Utc>)> = {
+            let tenant = tenant.clone();
+            blocking(&self.state, "reading seen versions", move |s| {
+                s.seen_since(&tenant, feed, from)
+            })
+            .await?
+        };
+        debug!(from = %from.to_rfc3339(), to = %to.to_rfc3339(), seen = seen.len(), "polling window");
+
+        let sink_names: Arc<[String]> = self.sinks.iter().map(|s| s.name.clone()).collect();
+        let mut pager = self.client.window(&self.plan.target, self.feed, from, to);
+        let mut events = 0u64;
+        let mut duplicates = 0u64;
+        loop {
+            let page = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(PollEnd::Cancelled),
+                page = pager.next_page() => page?,
+            };
+            let Some(items) = page else { break };
+
+            let mut page_seen: Vec<(String, DateTime<Utc>)> = Vec::with_capacity(items.len());
+            let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(items.len());
+            for item in items {
+                // The store keeps 100-ns ticks; compare at that precision.
+                let key = (item.id.clone(), truncate_to_tick(item.last_update));
+                if seen.contains(&key) {
+                    duplicates += 1;
+                    continue;
+                }
+                let id = item.id.clone();
+                let event = normalize(item);
+                let bytes = serde_json::to_vec(&event)
+                    .map_err(|source| PollError::Encode { id, source })?;
+                seen.insert(key.clone());
+                page_seen.push(key);
+                payloads.push(bytes);
+            }
+            if payloads.is_empty() {
+                continue;
+            }
+            let appended = payloads.len() as u64;
+            let outcome = {
+                let tenant = tenant.clone();
+                let sinks = Arc::clone(&sink_names);
+                blocking(&self.state, "committing a page", move |s| {
+                    let seen: Vec<(&str, DateTime<Utc>)> =
+                        page_seen.iter().map(|(id, t)| (id.as_str(), *t)).collect();
+                    let outbox: Vec<(&str, &[u8])> = payloads
+                        .iter()
+                        .flat_map(|p| sinks.iter().map(move |sink| (sink.as_str(), p.as_slice())))
+                        .collect();
+                    s.commit_poll(&PollCommit {
+                        tenant: &tenant,
+                        feed,
+                        new_checkpoint: None,
+                        seen: &seen,
+                        outbox: &outbox,
+                        prune_seen_before: from,
+                    })
+                })
+                .await?
+            };
+            events += appended;
+            self.stats.inner.lock().events += appended;
+            for sink in &self.sinks {
+                if outcome.sinks_over_limit.contains(&sink.name) {
+                    sink.over_limit
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                sink.wake.notify_one();
+            }
+        }
+
+        // Every page was read and committed: the window is done.
+        let outcome = blocking(&self.state, "advancing the checkpoint", move |s| {
+            s.commit_poll(&PollCommit {
+                tenant: &tenant,
+                feed,
+                new_checkpoint: Some(to),
+                seen: &[],
+                outbox: &[],
+                prune_seen_before: from,
+            })
+        })
+        .await?;
+        Ok(PollEnd::Completed {
+            events,
+            duplicates,
+            checkpoint: outcome.checkpoint,
+        })
+    }
+
+    async fn on_success(
+        &self,
+        events: u64,
+        duplicates: u64,
+        checkpoint: Option<DateTime<Utc>>,
+        started: Instant,
+    ) {
+        let now = Utc::now();
+        {
+            let mut s = self.stats.inner.lock();
+            s.polls += 1;
+            s.duplicates_skipped += duplicates;
+            s.last_poll = Some(now);
+            s.last_success = Some(now);
+            s.checkpoint = checkpoint;
+        }
+        debug!(events, duplicates, took = ?started.elapsed(), "poll done");
+        self.record_poll(None).await;
+    }
+
+    async fn on_failure(&self, e: &PollError, interval: Duration) {
+        let text = chain(e);
+        let now = Utc::now();
+        {
+            let mut s = self.stats.inner.lock();
+            s.polls += 1;
+            s.last_poll = Some(now);
+            s.last_error = Some(text.clone());
+            match e {
+                PollError::Defender(d) if d.needs_consent() => s.errors.needs_consent += 1,
+                PollError::Defender(d) if d.is_transient() => s.errors.transient += 1,
+                PollError::Defender(_) | PollError::Encode { .. } => s.errors.permanent += 1,
+                PollError::State(st) if st.is_transient() => s.errors.transient += 1,
+                PollError::State(_) | PollError::Panicked { .. } => s.errors.state += 1,
+            }
+        }
+        match e {
+            PollError::Defender(d) if d.needs_consent() => {
+                // Both feeds of the tenant fail the same way; say it once per interval.
+                let due = {
+                    let mut t = self.tenant.inner.lock();
+                    let now = Instant::now();
+                    let due = t
+                        .consent_logged
+                        .is_none_or(|at| now.duration_since(at) >= interval);
+                    if due {
+                        t.consent_logged = Some(now);
+                    }
+                    due
+                };
+                if due {
+                    error!(
+                        error = %text,
+                        "tenant {} needs admin consent again; its polling is suspended until \
+                         an administrator re-consents or re-onboards it (other tenants are unaffected)",
+                        self.plan.name()
+                    );
+                }
+            }
+            PollError::Defender(d) if d.is_transient() => {
+                warn!(error = %text, "poll failed; retrying in {interval:?}");
+            }
+            PollError::State(st) if st.is_transient() => {
+                warn!(error = %text, "poll failed; retrying in {interval:?}");
+            }
+            _ => {
+                error!(error = %text, "poll failed and needs an operator; retrying every {interval:?}");
+            }
+        }
+        self.record_poll(Some(text)).await;
+    }
+
+    async fn record_poll(&self, error: Option<String>) {
+        let tenant = self.plan.name().to_owned();
+        let feed = self.feed.as_str();
+        let r = blocking(&self.state, "recording a poll", move |s| {
+            s.record_poll(&tenant, feed, error.as_deref().map_or(Ok(()), Err))
+        })
+        .await;
+        if let Err(e) = r {
+            warn!(error = %chain(&e), "cannot record the poll outcome in the state store");
+        }
+    }
+
+    /// Mirrors the token manager's view of the tenant into the state store (for `status`
+    /// and the next start) when it changed kind.
+    async fn sync_auth_state(&self) {
+        let Some(current) = self.tokens.auth_state(self.plan.name()) else {
+            return;
+        };
+        let now = Utc::now();
+        let new = match current {
+            relay_auth::AuthState::Ok { .. } => AuthState::Ok { since: now },
+            relay_auth::AuthState::NeedsConsent { error, since } => AuthState::NeedsConsent {
+                code: match error.code {
+                    Some(code) => format!("AADSTS{code}"),
+                    None => error.error.as_str().to_owned(),
+                },
+                since,
+            },
+            relay_auth::AuthState::Failing { kind, since } => AuthState::Failing {
+                error: kind.to_string(),
+                since,
+            },
+        };
+        {
+            let mut t = self.tenant.inner.lock();
+            if t.auth.as_ref().is_some_and(|old| same_auth(old, &new)) {
+                return;
+            }
+            t.auth = Some(new.clone());
+        }
+        let tenant = self.plan.name().to_owned();
+        let r = blocking(&self.state, "recording the auth state", move |s| {
+            s.set_auth_state(&tenant, &new)
+        })
+        .await;
+        if let Err(e) = r {
+            warn!(error = %chain(&e), "cannot record the auth state in the state store");
+            // Try again after the next poll.
+            self.tenant.inner.lock().auth = None;
+        }
+    }
+}
+
+/// Same kind and detail; the `since` of a state that did not change does not matter.
+fn same_auth(a: &AuthState, b: &AuthState) -> bool {
+    match (a, b) {
+        (AuthState::Ok { .. }, AuthState::Ok { .. }) => true,
+        (AuthState::NeedsConsent { code: x, .. }, AuthState::NeedsConsent { code: y, .. }) => {
+            x == y
+        }
+        (AuthState::Failing { error: x, .. }, AuthState::Failing { error: y, .. }) => x == y,
+        _ => false,
+    }
+}
+
+/// `t − d`, never earlier than the Unix epoch (no Defender item is older, and the state
+/// store's clock cannot go before year −27,000 anyway): a configured first fetch of
+/// "forever" must not overflow.
+fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .map_or(DateTime::UNIX_EPOCH, |x| x.max(DateTime::UNIX_EPOCH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_states_compare_by_kind_and_detail() {
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::seconds(5);
+        assert!(same_auth(
+            &AuthState::Ok { since: t0 },
+            &AuthState::Ok { since: t1 }
+        ));
+        let consent = |code: &str, since| AuthState::NeedsConsent {
+            code: code.into(),
+            since,
+        };
+        assert!(same_auth(
+            &consent("AADSTS50173", t0),
+            &consent("AADSTS50173", t1)
+        ));
+        assert!(!same_auth(
+            &consent("AADSTS50173", t0),
+            &consent("AADSTS65001", t0)
+        ));
+        assert!(!same_auth(
+            &AuthState::Ok { since: t0 },
+            &consent("AADSTS50173", t0)
+        ));
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow() {
+        let now = Utc::now();
+        assert_eq!(before(now, Duration::MAX), DateTime::UNIX_EPOCH);
+        assert_eq!(
+            before(now, Duration::from_secs(90)),
+            now - chrono::Duration::seconds(90)
+        );
+    }
+}

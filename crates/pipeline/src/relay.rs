@@ -1,0 +1,313 @@
+//! The relay: built once from the configuration, run until cancelled, then drained.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_auth::{ManagerOptions, TokenManager};
+use relay_config::Config;
+use relay_defender::{ClientOptions, DefenderClient, RateLimits, TokenProvider};
+use relay_sinks::AnySink;
+use relay_state::StateStore;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::build::{http_client, sink, tenant_auth, tenant_plan, TenantPlan};
+use crate::error::PipelineError;
+use crate::poll::FeedTask;
+use crate::sink_worker::{SinkRetry, SinkWorker, StopSignals};
+use crate::status::{FeedCell, SinkCell, StatusHandle, TenantCell};
+use crate::token_store::StateTokenStore;
+
+/// Knobs that are not operator configuration: how the binary, the demo and tests run the
+/// relay. `Default` is what the daemon wants.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// After shutdown is requested and polling stopped, how long sink workers may keep
+    /// delivering what is in their outboxes before they are stopped (what is left is
+    /// delivered after the next start). Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Poll every (tenant, feed) at this interval instead of the configured one. Not
+    /// subject to the configuration's 10 s floor: for the demo and tests against the
+    /// simulator.
+    pub poll_interval_override: Option<Duration>,
+    /// Client-side API quotas per tenant; `None` keeps the defaults, a little under
+    /// Microsoft's published limits.
+    pub rate_limits: Option<RateLimits>,
+    /// Upper bound of the backoff between delivery retries of a sink failing transiently.
+    /// Default 30 s.
+    pub sink_retry_cap: Duration,
+    /// After a permanent delivery failure, how long a sink stays stopped before delivery
+    /// is tried again (in case the destination was fixed). Default 5 min.
+    pub sink_stopped_retry: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            shutdown_grace: Duration::from_secs(10),
+            poll_interval_override: None,
+            rate_limits: None,
+            sink_retry_cap: Duration::from_secs(30),
+            sink_stopped_retry: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a run did, returned by [`Relay::run`] after the drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Polls that ran.
+    pub polls: u64,
+    /// Failed polls.
+    pub poll_errors: u64,
+    /// New versions committed to the outboxes.
+    pub events: u64,
+    /// Events acknowledged by the sinks.
+    pub delivered: u64,
+    /// Rows left in each sink's outbox at exit (delivered after the next start).
+    pub left_in_outbox: BTreeMap<String, u64>,
+}
+
+struct FeedSetup {
+    plan: Arc<TenantPlan>,
+    tenant: Arc<TenantCell>,
+    feeds: Vec<(relay_config::Feed, Arc<FeedCell>)>,
+    sinks: Vec<Arc<SinkCell>>,
+}
+
+/// The running engine: every tenant's poll tasks and every sink's worker, sharing one
+/// token manager, one API client, one state store and one in-flight limit.
+pub struct Relay {
+    state: Arc<StateStore>,
+    tokens: TokenManager,
+    client: DefenderClient,
+    tenants: Vec<FeedSetup>,
+    sinks: Vec<(AnySink, Arc<SinkCell>)>,
+    permits: Arc<Semaphore>,
+    status: StatusHandle,
+    opts: RelayOptions,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("tenants", &self.tenants.len())
+            .field("sinks", &self.sinks.len())
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Builds the relay for every enabled tenant and every configured sink of `config`.
+    /// Nothing runs yet and nothing is sent over the network; the state store is read
+    /// (stored refresh tokens, outbox depths) and a refresh-token tenant's bootstrap token
+    /// is saved to it.
+    ///
+    /// Fails, naming the tenant or sink, on a refresh-token tenant without a state key or
+    /// without any refresh token, a sink type not supported yet, a tenant routed to no or an
+    /// unknown sink.
+    pub fn new(
+        config: &Config,
+        state: Arc<StateStore>,
+        opts: RelayOptions,
+    ) -> Result<Relay, PipelineError> {
+        let api_http = http_client(&config.http, "api")?;
+        let token_http = http_client(&config.http, "token")?;
+        let tokens = TokenManager::new(
+            token_http,
+            Arc::new(StateTokenStore::new(Arc::clone(&state))),
+            ManagerOptions {
+                request_timeout: config.http.request_timeout,
+                ..ManagerOptions::default()
+            },
+        );
+        let mut client_options = ClientOptions {
+            user_agent: config.http.user_agent.clone(),
+            request_timeout: config.http.request_timeout,
+            ..ClientOptions::default()
+        };
+        if let Some(limits) = &opts.rate_limits {
+            client_options.rate_limits = limits.clone();
+        }
+        let provider: Arc<dyn TokenProvider> = Arc::new(tokens.clone());
+        let client = DefenderClient::new(api_http, provider, client_options);
+
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        for (name, sink_config) in &config.sinks {
+            let built = sink(name, sink_config)?;
+            let depth = state.depth(name).map_err(|source| PipelineError::State {
+                context: format!("sink {name}: cannot read its outbox depth"),
+                source: Box::new(source),
+            })?;
+            let cell = Arc::new(SinkCell::new(name, built.kind(), depth));
+            sinks.push((built, cell));
+        }
+
+        let mut tenants = Vec::new();
+        for tenant in config.enabled_tenants() {
+            let plan = Arc::new(tenant_plan(config, tenant, opts.poll_interval_override)?);
+            tokens.upsert_tenant(tenant_auth(tenant, &state)?);
+            let routed = plan
+                .sinks
+                .iter()
+                .filter_map(|name| {
+                    sinks
+                        .iter()
+                        .find(|(_, cell)| &cell.name == name)
+                        .map(|(_, cell)| Arc::clone(cell))
+                })
+                .collect();
+            let feeds = plan
+                .feeds
+                .iter()
+                .map(|&feed| (feed, Arc::new(FeedCell::new(plan.name(), feed))))
+                .collect();
+            tenants.push(FeedSetup {
+                tenant: Arc::new(TenantCell::new(plan.name(), &plan.target.tenant_id)),
+                plan,
+                feeds,
+                sinks: routed,
+            });
+        }
+
+        let status = StatusHandle::new(
+            tenants.iter().map(|t| Arc::clone(&t.tenant)).collect(),
+            tenants
+                .iter()
+                .flat_map(|t| t.feeds.iter().map(|(_, cell)| Arc::clone(cell)))
+                .collect(),
+            sinks.iter().map(|(_, cell)| Arc::clone(cell)).collect(),
+        );
+        Ok(Relay {
+            state,
+            tokens,
+            client,
+            tenants,
+            sinks,
+            permits: Arc::new(Semaphore::new(config.http.max_requests_in_flight.max(1))),
+            status,
+            opts,
+        })
+    }
+
+    /// A live view of polls, events, errors, lag and auth state per (tenant, feed) and of
+    /// deliveries and outbox depth per sink. Cheap to clone and to snapshot.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    /// Runs every poll task and sink worker until `shutdown` is cancelled, then shuts down
+    /// in order: no new polls start and polls in flight stop at their next page fetch
+    /// (commits already started finish; an uncommitted page is simply polled again after
+    /// restart); then sink workers get [`RelayOptions::shutdown_grace`] to deliver what is
+    /// in their outboxes, and each sink is shut down. Returns once every task has ended.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, PipelineError> {
+        let Relay {
+            state,
+            tokens,
+            client,
+            tenants,
+            sinks,
+            permits,
+            status,
+            opts,
+        } = self;
+        info!(
+            tenants = tenants.len(),
+            feeds = tenants.iter().map(|t| t.feeds.len()).sum::<usize>(),
+            sinks = sinks.len(),
+            "relay starting"
+        );
+
+        let stop = StopSignals {
+            drain: CancellationToken::new(),
+            hard: CancellationToken::new(),
+        };
+        let retry = SinkRetry {
+            base: Duration::from_millis(500).min(opts.sink_retry_cap),
+            cap: opts.sink_retry_cap,
+            stopped: opts.sink_stopped_retry,
+        };
+        let sink_tasks = TaskTracker::new();
+        let sink_names: Vec<String> = sinks.iter().map(|(_, c)| c.name.clone()).collect();
+        for (sink, cell) in sinks {
+            let span = info_span!("sink", sink = %cell.name, kind = sink.kind());
+            let worker = SinkWorker {
+                sink,
+                state: Arc::clone(&state),
+                cell,
+                retry,
+            };
+            sink_tasks.spawn(worker.run(stop.clone()).instrument(span));
+        }
+        sink_tasks.close();
+
+        // One child token per tenant, so a tenant can later be stopped alone (offboarding,
+        // config reload) without touching the others.
+        let poll_root = shutdown.child_token();
+        let poll_tasks = TaskTracker::new();
+        for setup in tenants {
+            let tenant_token = poll_root.child_token();
+            for (feed, cell) in setup.feeds {
+                let span = info_span!(
+                    "poll",
+                    tenant = %setup.plan.name(),
+                    feed = %feed,
+                    stream = %feed.stream()
+                );
+                let task = FeedTask {
+                    plan: Arc::clone(&setup.plan),
+                    feed,
+                    state: Arc::clone(&state),
+                    client: client.clone(),
+                    tokens: tokens.clone(),
+                    sinks: setup.sinks.clone(),
+                    stats: cell,
+                    tenant: Arc::clone(&setup.tenant),
+                    permits: Arc::clone(&permits),
+                };
+                poll_tasks.spawn(task.run(tenant_token.clone()).instrument(span));
+            }
+        }
+        poll_tasks.close();
+
+        shutdown.cancelled().await;
+        info!("shutdown requested; finishing polls in flight");
+        poll_tasks.wait().await;
+        info!(grace = ?opts.shutdown_grace, "polling stopped; delivering what is in the outboxes");
+        stop.drain.cancel();
+        tokio::select! {
+            _ = sink_tasks.wait() => {}
+            _ = tokio::time::sleep(opts.shutdown_grace) => {
+                warn!(grace = ?opts.shutdown_grace, "shutdown grace period over; stopping sinks with events still queued (they are delivered after the next start)");
+                stop.hard.cancel();
+                sink_tasks.wait().await;
+            }
+        }
+
+        let snapshot = status.snapshot();
+        let mut left_in_outbox = BTreeMap::new();
+        for name in sink_names {
+            let rows = snapshot.sink(&name).map_or(0, |s| s.outbox.rows);
+            left_in_outbox.insert(name, rows);
+        }
+        let report = RunReport {
+            polls: snapshot.polls(),
+            poll_errors: snapshot.poll_errors(),
+            events: snapshot.events(),
+            delivered: snapshot.delivered(),
+            left_in_outbox,
+        };
+        info!(
+            polls = report.polls,
+            events = report.events,
+            delivered = report.delivered,
+            "relay stopped"
+        );
+        Ok(report)
+    }
+}

@@ -1,0 +1,265 @@
+//! One worker per sink: reads the sink's outbox in order, sends batches, and deletes rows
+//! only after the sink acknowledged them. A failing sink backs up its own outbox; polling
+//! and the other sinks go on.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use relay_sinks::{AnySink, Event, Sink, SinkError};
+use relay_state::{OutboxRow, StateError, StateStore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::retry_delay;
+use crate::error::chain;
+use crate::status::{SinkCell, SinkState};
+
+/// How long an idle worker sleeps before looking at its outbox even without a poke: a
+/// safety net, e.g. for rows committed by a previous run.
+const IDLE_WAKE: Duration = Duration::from_secs(5);
+/// Bound on `Sink::shutdown` at the end, so a hung destination cannot hang the exit.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retry timing of a sink worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SinkRetry {
+    /// First backoff after a transient failure.
+    pub(crate) base: Duration,
+    /// Backoff ceiling for transient failures.
+    pub(crate) cap: Duration,
+    /// Wait after a permanent failure before trying again, in case the operator fixed the
+    /// destination meanwhile.
+    pub(crate) stopped: Duration,
+}
+
+/// How the relay tells a worker to stop.
+#[derive(Debug, Clone)]
+pub(crate) struct StopSignals {
+    /// Polling has stopped: deliver what is in the outbox, then end.
+    pub(crate) drain: CancellationToken,
+    /// The grace period is over: end now, even mid-batch (it is re-sent after restart).
+    pub(crate) hard: CancellationToken,
+}
+
+pub(crate) struct SinkWorker {
+    pub(crate) sink: AnySink,
+    pub(crate) state: Arc<StateStore>,
+    pub(crate) cell: Arc<SinkCell>,
+    pub(crate) retry: SinkRetry,
+}
+
+async fn blocking<T: Send + 'static>(
+    state: &Arc<StateStore>,
+    f: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, String> {
+    let state = Arc::clone(state);
+    match tokio::task::spawn_blocking(move || f(&state)).await {
+        Ok(r) => r.map_err(|e| chain(&e)),
+        Err(e) => Err(format!("state store task failed: {e}")),
+    }
+}
+
+/// Sleeps `d`; false if the hard stop came first.
+async fn sleep_or_stop(d: Duration, hard: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = hard.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+impl SinkWorker {
+    pub(crate) async fn run(mut self, stop: StopSignals) {
+        let name = self.cell.name.clone();
+        let mut rng = SmallRng::from_entropy();
+        let health = tokio::select! {
+            biased;
+            _ = stop.hard.cancelled() => Ok(()),
+            r = self.sink.healthcheck() => r,
+        };
+        if let Err(e) = health {
+            // Not fatal: `send` decides between retrying and stopping, with the same error.
+            warn!(error = %chain(&e), "sink {name} failed its start-up health check");
+        }
+
+        let limits = self.sink.batch_limits();
+        let mut after_seq = 0i64;
+        let mut attempt = 0u32;
+        'work: loop {
+            if stop.hard.is_cancelled() {
+                break;
+            }
+            let rows = {
+                let sink = name.clone();
+                blocking(&self.state, move |s| {
+                    s.read_batch(&sink, after_seq, limits.max_events.max(1), limits.max_bytes)
+                })
+                .await
+            };
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let delay = retry_delay(attempt, self.retry.base, self.retry.cap, &mut rng);
+                    attempt = attempt.saturating_add(1);
+                    warn!(error = %e, "cannot read the outbox of sink {name}; retrying in {delay:?}");
+                    if !sleep_or_stop(delay, &stop.hard).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(last_seq) = rows.last().map(|r| r.seq) else {
+                self.refresh_depth().await;
+                if stop.drain.is_cancelled() {
+                    info!("outbox of sink {name} drained");
+                    break;
+                }
+                self.cell.set_state(SinkState::Idle);
+                tokio::select! {
+                    biased;
+                    _ = stop.hard.cancelled() => break,
+                    _ = stop.drain.cancelled() => {}
+                    _ = self.cell.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_WAKE) => {}
+                }
+                continue;
+            };
+
+            let events = self.decode(rows);
+            if !events.is_empty() {
+                self.cell.set_state(SinkState::Delivering);
+                let sent = tokio::select! {
+                    biased;
+                    _ = stop.hard.cancelled() => {
+                        info!(batch = events.len(), "shutdown grace period over with a batch of sink {name} in flight; it stays in the outbox and is sent again after restart");
+                        break;
+                    }
+                    r = self.sink.send(&events) => r,
+                };
+                if let Err(e) = sent {
+                    let text = chain(&e);
+                    self.record_failure(&text).await;
+                    if e.is_transient() {
+                        let delay = retry_delay(attempt, self.retry.base, self.retry.cap, &mut rng);
+                        attempt = attempt.saturating_add(1);
+                        self.cell.set_state(SinkState::Retrying);
+                        warn!(error = %text, attempt, "delivery to sink {name} failed; retrying in {delay:?}");
+                        if !sleep_or_stop(delay, &stop.hard).await {
+                            break;
+                        }
+                    } else {
+                        self.stopped(&e, &text).await;
+                        tokio::select! {
+                            biased;
+                            // A destination that refuses everything will not drain.
+                            _ = stop.drain.cancelled() => break,
+                            _ = stop.hard.cancelled() => break,
+                            _ = tokio::time::sleep(self.retry.stopped) => {
+                                info!("retrying delivery to sink {name} after it was stopped");
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            attempt = 0;
+
+            // Delivered. A failed ack is retried: giving up would only send the batch again.
+            let mut ack_attempt = 0u32;
+            loop {
+                let sink = name.clone();
+                match blocking(&self.state, move |s| s.ack(&sink, last_seq)).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        let delay =
+                            retry_delay(ack_attempt, self.retry.base, self.retry.cap, &mut rng);
+                        ack_attempt = ack_attempt.saturating_add(1);
+                        warn!(error = %e, "cannot remove delivered events from the outbox of sink {name}; retrying in {delay:?}");
+                        if !sleep_or_stop(delay, &stop.hard).await {
+                            break 'work;
+                        }
+                    }
+                }
+            }
+            after_seq = last_seq;
+            self.cell
+                .sent
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.cell.inner.lock().last_delivery = Some(Utc::now());
+            debug!(events = events.len(), up_to = last_seq, "batch delivered");
+            self.refresh_depth().await;
+        }
+
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sink.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %chain(&e), "sink {name} failed to shut down cleanly"),
+            Err(_) => warn!("sink {name} did not shut down within {SHUTDOWN_TIMEOUT:?}"),
+        }
+        self.refresh_depth().await;
+        self.cell.set_state(SinkState::Finished);
+        debug!("sink worker stopped");
+    }
+
+    /// The events of `rows`, in order. A row that does not decode (written by an
+    /// incompatible build, or damaged) can never be delivered; it is skipped with an error
+    /// rather than wedging the sink forever, and is acknowledged with its batch.
+    fn decode(&self, rows: Vec<OutboxRow>) -> Vec<Event> {
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            match serde_json::from_slice::<Event>(&row.payload) {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    self.cell.inner.lock().undecodable += 1;
+                    error!(
+                        seq = row.seq,
+                        tenant = %row.tenant,
+                        error = %e,
+                        "outbox row of sink {} cannot be decoded; skipping it (this event is lost)",
+                        self.cell.name
+                    );
+                }
+            }
+        }
+        events
+    }
+
+    async fn record_failure(&self, text: &str) {
+        {
+            let mut i = self.cell.inner.lock();
+            i.failures += 1;
+            i.last_error = Some(text.to_owned());
+        }
+        let sink = self.cell.name.clone();
+        let message = text.to_owned();
+        if let Err(e) = blocking(&self.state, move |s| s.record_sink_error(&sink, &message)).await {
+            warn!(error = %e, "cannot record the delivery failure in the state store");
+        }
+    }
+
+    async fn stopped(&mut self, e: &SinkError, text: &str) {
+        self.cell.set_state(SinkState::Stopped);
+        self.refresh_depth().await;
+        let waiting = self.cell.inner.lock().outbox.rows;
+        error!(
+            error = %text,
+            kind = self.sink.kind(),
+            "delivery to sink {} stopped: {e}. Its events are kept in the outbox ({waiting} waiting; \
+             polling pauses for its tenants when the outbox is full). Fix the destination; delivery is \
+             retried in {:?} and at every restart",
+            self.cell.name,
+            self.retry.stopped
+        );
+    }
+
+    async fn refresh_depth(&self) {
+        let sink = self.cell.name.clone();
+        match blocking(&self.state, move |s| s.depth(&sink)).await {
+            Ok(depth) => self.cell.set_depth(depth),
+            Err(e) => warn!(error = %e, "cannot read the outbox depth of sink {}", self.cell.name),
+        }
+    }
+}

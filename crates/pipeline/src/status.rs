@@ -1,0 +1,399 @@
+//! Live, in-memory counters of the running relay, for the demo's status line, `/metrics`
+//! and tests. Taking a snapshot locks each small cell briefly and never touches the state
+//! store or the network.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use relay_config::{Feed, Stream};
+use relay_state::{AuthState, OutboxDepth};
+use serde::Serialize;
+
+/// A cheap, cloneable handle on the relay's live status. Obtained from
+/// [`Relay::status`](crate::Relay::status) before [`Relay::run`](crate::Relay::run); stays
+/// valid after the relay stopped (it then shows the final numbers).
+#[derive(Clone, Debug)]
+pub struct StatusHandle {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    started_at: DateTime<Utc>,
+    tenants: Vec<Arc<TenantCell>>,
+    feeds: Vec<Arc<FeedCell>>,
+    sinks: Vec<Arc<SinkCell>>,
+}
+
+impl StatusHandle {
+    pub(crate) fn new(
+        tenants: Vec<Arc<TenantCell>>,
+        feeds: Vec<Arc<FeedCell>>,
+        sinks: Vec<Arc<SinkCell>>,
+    ) -> Self {
+        StatusHandle {
+            inner: Arc::new(Shared {
+                started_at: Utc::now(),
+                tenants,
+                feeds,
+                sinks,
+            }),
+        }
+    }
+
+    /// Everything as of now.
+    pub fn snapshot(&self) -> RelayStatus {
+        let now = Utc::now();
+        RelayStatus {
+            taken_at: now,
+            started_at: self.inner.started_at,
+            tenants: self.inner.tenants.iter().map(|t| t.snapshot()).collect(),
+            feeds: self.inner.feeds.iter().map(|f| f.snapshot(now)).collect(),
+            sinks: self.inner.sinks.iter().map(|s| s.snapshot()).collect(),
+        }
+    }
+}
+
+/// One consistent-enough picture of the relay: each cell is read atomically, the cells
+/// one after another.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayStatus {
+    /// When the snapshot was taken.
+    pub taken_at: DateTime<Utc>,
+    /// When the relay was built.
+    pub started_at: DateTime<Utc>,
+    /// Per enabled tenant, in configuration order.
+    pub tenants: Vec<TenantStats>,
+    /// Per (tenant, feed), in configuration order.
+    pub feeds: Vec<FeedStats>,
+    /// Per sink, by name.
+    pub sinks: Vec<SinkStats>,
+}
+
+impl RelayStatus {
+    /// Polls completed or failed, over every feed.
+    pub fn polls(&self) -> u64 {
+        self.feeds.iter().map(|f| f.polls).sum()
+    }
+
+    /// New events committed to the outboxes, over every feed.
+    pub fn events(&self) -> u64 {
+        self.feeds.iter().map(|f| f.events).sum()
+    }
+
+    /// Events acknowledged by sinks, over every sink.
+    pub fn delivered(&self) -> u64 {
+        self.sinks.iter().map(|s| s.sent).sum()
+    }
+
+    /// Failed polls, over every feed.
+    pub fn poll_errors(&self) -> u64 {
+        self.feeds.iter().map(|f| f.errors.total()).sum()
+    }
+
+    /// Rows waiting in every outbox, as last seen by the sink workers.
+    pub fn outbox_rows(&self) -> u64 {
+        self.sinks.iter().map(|s| s.outbox.rows).sum()
+    }
+
+    /// The tenant called `name`.
+    pub fn tenant(&self, name: &str) -> Option<&TenantStats> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
+    /// The sink called `name`.
+    pub fn sink(&self, name: &str) -> Option<&SinkStats> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStats {
+    /// The tenant's configured name.
+    pub name: String,
+    /// The tenant's Entra id.
+    pub tenant_id: String,
+    /// The auth state last recorded in the state store (`None` before the first poll).
+    pub auth: Option<AuthState>,
+}
+
+/// Failed polls of one feed, by what the operator should make of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// Throttling, timeouts, 5xx, token endpoint down: retried at the next interval.
+    pub transient: u64,
+    /// The tenant's grant or consent is gone: an administrator must re-consent.
+    pub needs_consent: u64,
+    /// Refused for a reason retrying will not fix (403, bad request, bad credential).
+    pub permanent: u64,
+    /// The state store failed (disk full, file locked).
+    pub state: u64,
+}
+
+impl ErrorCounts {
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.transient + self.needs_consent + self.permanent + self.state
+    }
+}
+
+/// One (tenant, feed).
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedStats {
+    /// The tenant's configured name.
+    pub tenant: String,
+    /// The feed polled.
+    pub feed: Feed,
+    /// Its stream.
+    pub stream: Stream,
+    /// Polls that ran (succeeded or failed); skipped polls are not counted.
+    pub polls: u64,
+    /// New versions committed to the outboxes.
+    pub events: u64,
+    /// Versions the API returned again that were already delivered (the overlap re-scan
+    /// and page ties).
+    pub duplicates_skipped: u64,
+    /// Failed polls by kind.
+    pub errors: ErrorCounts,
+    /// When the last poll ended.
+    pub last_poll: Option<DateTime<Utc>>,
+    /// When a poll last succeeded.
+    pub last_success: Option<DateTime<Utc>>,
+    /// The last failure's message (kept after later successes).
+    pub last_error: Option<String>,
+    /// The committed checkpoint: every version older than it (less the overlap) is in
+    /// the outboxes.
+    pub checkpoint: Option<DateTime<Utc>>,
+    /// `now − checkpoint`: how far behind the feed is (includes the availability lag).
+    pub lag: Option<Duration>,
+    /// Polls skipped because an outbox this tenant routes to is full.
+    pub skipped_outbox_full: u64,
+    /// The sink whose full outbox is pausing this feed right now.
+    pub paused_by_sink: Option<String>,
+}
+
+/// Where a sink worker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    /// Not started yet.
+    Starting,
+    /// Outbox empty, waiting for events.
+    Idle,
+    /// Sending.
+    Delivering,
+    /// The last send failed transiently; backing off.
+    Retrying,
+    /// The last send failed permanently; delivery is stopped until the long retry.
+    Stopped,
+    /// The worker ended (shutdown).
+    Finished,
+}
+
+/// One sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStats {
+    /// The sink's configured name.
+    pub name: String,
+    /// Its type (`file`, ...).
+    pub kind: String,
+    /// Where the worker stands.
+    pub state: SinkState,
+    /// Events acknowledged by the destination.
+    pub sent: u64,
+    /// Failed `send` calls.
+    pub failures: u64,
+    /// Outbox rows that could not be decoded and were skipped (never expected).
+    pub undecodable: u64,
+    /// When events were last acknowledged.
+    pub last_delivery: Option<DateTime<Utc>>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// The outbox as last read by the worker.
+    pub outbox: OutboxDepth,
+}
+
+/// Mutable side of one tenant's stats, plus the per-tenant log rate limit.
+#[derive(Debug)]
+pub(crate) struct TenantCell {
+    pub(crate) name: String,
+    pub(crate) tenant_id: String,
+    pub(crate) inner: Mutex<TenantInner>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TenantInner {
+    pub(crate) auth: Option<AuthState>,
+    /// When "needs consent" was last logged, so both feeds of a tenant together log it
+    /// once per poll interval.
+    pub(crate) consent_logged: Option<tokio::time::Instant>,
+}
+
+impl TenantCell {
+    pub(crate) fn new(name: &str, tenant_id: &str) -> Self {
+        TenantCell {
+            name: name.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            inner: Mutex::new(TenantInner::default()),
+        }
+    }
+
+    fn snapshot(&self) -> TenantStats {
+        TenantStats {
+            name: self.name.clone(),
+            tenant_id: self.tenant_id.clone(),
+            auth: self.inner.lock().auth.clone(),
+        }
+    }
+}
+
+/// Mutable side of one feed's stats; written only by its poll task.
+#[derive(Debug)]
+pub(crate) struct FeedCell {
+    pub(crate) tenant: String,
+    pub(crate) feed: Feed,
+    pub(crate) inner: Mutex<FeedInner>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FeedInner {
+    pub(crate) polls: u64,
+    pub(crate) events: u64,
+    pub(crate) duplicates_skipped: u64,
+    pub(crate) errors: ErrorCounts,
+    pub(crate) last_poll: Option<DateTime<Utc>>,
+    pub(crate) last_success: Option<DateTime<Utc>>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) checkpoint: Option<DateTime<Utc>>,
+    pub(crate) skipped_outbox_full: u64,
+    pub(crate) paused_by_sink: Option<String>,
+}
+
+impl FeedCell {
+    pub(crate) fn new(tenant: &str, feed: Feed) -> Self {
+        FeedCell {
+            tenant: tenant.to_owned(),
+            feed,
+            inner: Mutex::new(FeedInner::default()),
+        }
+    }
+
+    fn snapshot(&self, now: DateTime<Utc>) -> FeedStats {
+        let i = self.inner.lock();
+        FeedStats {
+            tenant: self.tenant.clone(),
+            feed: self.feed,
+            stream: self.feed.stream(),
+            polls: i.polls,
+            events: i.events,
+            duplicates_skipped: i.duplicates_skipped,
+            errors: i.errors,
+            last_poll: i.last_poll,
+            last_success: i.last_success,
+            last_error: i.last_error.clone(),
+            checkpoint: i.checkpoint,
+            lag: i
+                .checkpoint
+                .map(|c| (now - c).to_std().unwrap_or(Duration::ZERO)),
+            skipped_outbox_full: i.skipped_outbox_full,
+            paused_by_sink: i.paused_by_sink.clone(),
+        }
+    }
+}
+
+/// One sink's shared cell: the wake-up signal pollers poke after a commit, the "outbox
+/// full" flag pollers check before a poll, and the worker's stats.
+#[derive(Debug)]
+pub(crate) struct SinkCell {
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    /// Poked after every commit that appended to this sink's outbox.
+    pub(crate) wake: tokio::sync::Notify,
+    /// The outbox is at or over its bound: tenants routed here skip their polls.
+    pub(crate) over_limit: AtomicBool,
+    pub(crate) sent: AtomicU64,
+    /// When pollers last logged that this outbox is full.
+    pause_logged: Mutex<Option<tokio::time::Instant>>,
+    pub(crate) inner: Mutex<SinkInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SinkInner {
+    pub(crate) state: SinkState,
+    pub(crate) failures: u64,
+    pub(crate) undecodable: u64,
+    pub(crate) last_delivery: Option<DateTime<Utc>>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) outbox: OutboxDepth,
+}
+
+impl SinkCell {
+    pub(crate) fn new(name: &str, kind: &'static str, depth: OutboxDepth) -> Self {
+        SinkCell {
+            name: name.to_owned(),
+            kind,
+            wake: tokio::sync::Notify::new(),
+            over_limit: AtomicBool::new(depth.over_limit),
+            sent: AtomicU64::new(0),
+            pause_logged: Mutex::new(None),
+            inner: Mutex::new(SinkInner {
+                state: SinkState::Starting,
+                failures: 0,
+                undecodable: 0,
+                last_delivery: None,
+                last_error: None,
+                outbox: depth,
+            }),
+        }
+    }
+
+    pub(crate) fn is_over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_depth(&self, depth: OutboxDepth) {
+        let was = self.over_limit.swap(depth.over_limit, Ordering::Relaxed);
+        if was && !depth.over_limit {
+            *self.pause_logged.lock() = None;
+            tracing::info!(
+                rows = depth.rows,
+                "outbox of sink {} has room again; polling of its tenants resumes",
+                self.name
+            );
+        }
+        self.inner.lock().outbox = depth;
+    }
+
+    /// Whether the caller should log that this outbox is full: true once per `every`.
+    pub(crate) fn pause_log_due(&self, now: tokio::time::Instant, every: Duration) -> bool {
+        let mut logged = self.pause_logged.lock();
+        let due = logged.is_none_or(|at| now.duration_since(at) >= every);
+        if due {
+            *logged = Some(now);
+        }
+        due
+    }
+
+    pub(crate) fn set_state(&self, state: SinkState) {
+        self.inner.lock().state = state;
+    }
+
+    fn snapshot(&self) -> SinkStats {
+        let i = self.inner.lock();
+        SinkStats {
+            name: self.name.clone(),
+            kind: self.kind.to_owned(),
+            state: i.state,
+            sent: self.sent.load(Ordering::Relaxed),
+            failures: i.failures,
+            undecodable: i.undecodable,
+            last_delivery: i.last_delivery,
+            last_error: i.last_error.clone(),
+            outbox: i.outbox,
+        }
+    }
+}
