@@ -2,6 +2,7 @@
 //! Each subcommand lives in `commands/`; the work itself is done by the library crates.
 
 mod commands;
+mod systemd;
 mod telemetry;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Command {
     Sim(commands::sim::Args),
     /// Per tenant and feed: last poll, checkpoint, lag, errors, auth; per sink: outbox.
     Status(commands::status::Args),
+    /// Onboard a customer tenant: consent and credentials (browser sign-in, device code or
+    /// admin consent), its tenant file, and a test call; exit 0, 1 (failed) or 2 (bad input).
+    Onboard(Box<commands::onboard::Args>),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => commands::check_config::run(args),
         Command::Sim(args) => commands::sim::run(args),
         Command::Status(args) => commands::status::run(args),
+        Command::Onboard(args) => commands::onboard::run(*args),
     };
     match result {
         Ok(code) => code,

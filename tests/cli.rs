@@ -1,6 +1,8 @@
 //! The binary's behaviour on bad input: every problem named by file and key, exit 2,
 //! nothing started.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use std::fs;
@@ -54,7 +56,10 @@ fn check_config_accepts_a_good_configuration() {
 #[test]
 fn bad_config_reports_every_problem_with_file_and_key_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    write_minimal(dir.path(), "streams = [\"incidents\", \"everything\"]\npoll_interval_secs = 1\n");
+    write_minimal(
+        dir.path(),
+        "streams = [\"incidents\", \"everything\"]\npoll_interval_secs = 1\n",
+    );
     fs::write(
         dir.path().join("tenants.d/fabrikam.toml"),
         "tenant_id = \"not-a-guid\"\nsinks = [\"splunk\"]\n[auth]\nkind = \"client_secret\"\nclient_id = \"x\"\nclient_secret = { env = \"NOPE_NOT_SET\" }\n",
@@ -81,7 +86,11 @@ fn bad_config_reports_every_problem_with_file_and_key_and_exits_2() {
 fn unreadable_state_file_exits_2_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     write_minimal(dir.path(), "");
-    fs::write(dir.path().join("state.db"), b"this is not a database, it is a text file\n").unwrap();
+    fs::write(
+        dir.path().join("state.db"),
+        b"this is not a database, it is a text file\n",
+    )
+    .unwrap();
     let (code, out, err) = run(&["run"], &dir.path().join("relay.toml"));
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("state.db"), "{err}");
@@ -114,5 +123,8 @@ fn wrong_state_key_exits_2_naming_the_key() {
     let (code, out, err) = run(&["run"], &config);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("key"), "{err}");
-    assert!(err.contains("state.db") || err.contains("state.key"), "{err}");
+    assert!(
+        err.contains("state.db") || err.contains("state.key"),
+        "{err}"
+    );
 }

@@ -1,6 +1,8 @@
 //! End-to-end tests of the engine: the real `xdr-relay` binary against the simulator,
 //! delivering to the file sink, compared with the simulator's ground truth.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use relay_sim::entra::{GrantKind, Outcome};
@@ -79,10 +81,18 @@ async fn twenty_tenants_every_version_exactly_once() {
     tokio::time::sleep(Duration::from_secs(120)).await;
     let (delivered, truth) = settle_and_wait(&h, Duration::from_secs(60)).await;
     drop(relay);
-    assert!(truth.len() > 1_000, "the simulator made only {} versions", truth.len());
+    assert!(
+        truth.len() > 1_000,
+        "the simulator made only {} versions",
+        truth.len()
+    );
     assert_complete(&h, &delivered, &truth, 1);
     let (_, dups, _) = compare(&delivered, &truth);
-    assert!(dups.is_empty(), "duplicates: {:?}", &dups[..dups.len().min(10)]);
+    assert!(
+        dups.is_empty(),
+        "duplicates: {:?}",
+        &dups[..dups.len().min(10)]
+    );
     let refreshed = h
         .sim
         .entra()
@@ -129,7 +139,10 @@ async fn sigkill_three_times_loses_nothing() {
         "{extra} duplicate deliveries after 3 kills (bound: one batch per kill): {:?}",
         &dups[..dups.len().min(10)]
     );
-    assert!(dups.iter().all(|(_, n)| *n <= 4), "a version delivered more than once per kill");
+    assert!(
+        dups.iter().all(|(_, n)| *n <= 4),
+        "a version delivered more than once per kill"
+    );
 }
 
 /// SIGTERM: the daemon exits 0 within its grace period, and a restart delivers nothing
@@ -165,7 +178,11 @@ async fn sigterm_exits_zero_and_restart_repeats_nothing() {
     drop(relay);
     assert_complete(&h, &delivered, &truth, 2);
     let (_, dups, _) = compare(&delivered, &truth);
-    assert!(dups.is_empty(), "a restart after SIGTERM repeated: {:?}", &dups[..dups.len().min(10)]);
+    assert!(
+        dups.is_empty(),
+        "a restart after SIGTERM repeated: {:?}",
+        &dups[..dups.len().min(10)]
+    );
 }
 
 /// A revoked grant on one tenant: `status` shows it needs consent, the daemon says so
@@ -196,11 +213,20 @@ async fn revoked_grant_isolates_one_tenant() {
 
     let out = h.run_cmd(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with(&victim.name) && l.contains("NEEDS CONSENT"))
-        .unwrap_or_else(|| panic!("status does not show {} needing consent:\n{text}", victim.name));
+        .unwrap_or_else(|| {
+            panic!(
+                "status does not show {} needing consent:\n{text}",
+                victim.name
+            )
+        });
     assert!(line.contains("AADSTS"), "{line}");
     let ok_tenants = text.lines().filter(|l| l.contains(" ok since ")).count();
     assert_eq!(ok_tenants, 19, "{text}");
@@ -212,7 +238,10 @@ async fn revoked_grant_isolates_one_tenant() {
         .filter(|l| l.contains("needs admin consent again") && l.contains(&victim.name))
         .count();
     let intervals = (ran.as_secs() / 10 + 2) as usize;
-    assert!(consent_lines >= 1, "never said the tenant needs consent:\n{log}");
+    assert!(
+        consent_lines >= 1,
+        "never said the tenant needs consent:\n{log}"
+    );
     assert!(
         consent_lines <= intervals,
         "{consent_lines} consent errors in {ran:?}: more than one per 10 s interval"

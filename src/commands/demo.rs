@@ -57,9 +57,14 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     let config_path = prepare_dir(&args.dir, &sim)?;
 
     let env = super::process_env();
-    let config = relay_config::load(&relay_config::LoadOptions::new(&config_path, &env))
-        .map_err(|e| anyhow::anyhow!("the demo wrote a configuration that does not validate:\n{e}"))?;
-    let state = Arc::new(super::state::open(&config, super::state::Access::ReadWrite)?);
+    let config =
+        relay_config::load(&relay_config::LoadOptions::new(&config_path, &env)).map_err(|e| {
+            anyhow::anyhow!("the demo wrote a configuration that does not validate:\n{e}")
+        })?;
+    let state = Arc::new(super::state::open(
+        &config,
+        super::state::Access::ReadWrite,
+    )?);
     let relay = Relay::new(
         &config,
         state,
@@ -80,10 +85,13 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         config_path.display(),
         args.dir.join("events").display()
     );
-    println!("stop with Ctrl-C{}", match args.duration {
-        Some(d) => format!(" (or wait {d} s)"),
-        None => String::new(),
-    });
+    println!(
+        "stop with Ctrl-C{}",
+        match args.duration {
+            Some(d) => format!(" (or wait {d} s)"),
+            None => String::new(),
+        }
+    );
 
     let shutdown = CancellationToken::new();
     let stopper = shutdown.clone();
@@ -144,7 +152,9 @@ fn live_lines(s: &RelayStatus) -> String {
         let auth = match &t.auth {
             None => "pending".to_string(),
             Some(relay_state::AuthState::Ok { .. }) => "ok".to_string(),
-            Some(relay_state::AuthState::NeedsConsent { code, .. }) => format!("NEEDS CONSENT ({code})"),
+            Some(relay_state::AuthState::NeedsConsent { code, .. }) => {
+                format!("NEEDS CONSENT ({code})")
+            }
             Some(relay_state::AuthState::Failing { error, .. }) => format!("failing: {error}"),
         };
         let _ = writeln!(

@@ -2,6 +2,7 @@
 
 pub mod check_config;
 pub mod demo;
+pub mod onboard;
 pub mod run;
 pub mod sim;
 pub mod state;

@@ -20,6 +20,11 @@ pub struct Args {
     /// process exits (what is left is delivered after the next start).
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Under a systemd watchdog (`WatchdogSec=`): how long no poll may end before the
+    /// keep-alive is withheld and systemd restarts the relay. Default: derived from the
+    /// shortest poll interval and the request timeout (about 14 minutes with the defaults).
+    #[arg(long)]
+    pub watchdog_stall_secs: Option<u64>,
 }
 
 /// Loads the configuration, opens the state store, runs until SIGTERM/SIGINT, drains.
@@ -45,7 +50,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let state = match super::state::open(&config, super::state::Access::ReadWrite) {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "cannot open the state store; nothing was started");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot open the state store; nothing was started"
+                );
                 eprintln!("xdr-relay: error: {e:#}");
                 return Ok(ExitCode::from(EXIT_BAD_CONFIG));
             }
@@ -57,7 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let relay = match Relay::new(&config, state, opts) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "cannot build the relay; nothing was started");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot build the relay; nothing was started"
+                );
                 eprintln!("xdr-relay: error: {e:#}");
                 return Ok(ExitCode::from(EXIT_BAD_CONFIG));
             }
@@ -67,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             super::shutdown_signal().await;
             tracing::info!("shutdown requested: stopping polls, draining sinks");
+            crate::systemd::notify_stopping();
             on_signal.cancel();
         });
         tracing::info!(
@@ -75,6 +87,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sinks = config.sinks.len(),
             "xdr-relay running"
         );
+        let stall_budget = args
+            .watchdog_stall_secs
+            .map_or_else(|| crate::systemd::stall_budget(&config), Duration::from_secs);
+        tokio::spawn(crate::systemd::supervise(
+            relay.status(),
+            stall_budget,
+            shutdown.child_token(),
+        ));
+        crate::systemd::notify_ready(&relay.status().snapshot());
         let report = relay.run(shutdown).await.context("the relay failed")?;
         tracing::info!(
             polls = report.polls,

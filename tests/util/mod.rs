@@ -1,7 +1,7 @@
 //! Test support for the end-to-end tests: a simulator in this process, a configuration
 //! directory pointing at it, the real `xdr-relay` binary as a child process, and readers
 //! for what the file sink wrote.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub use relay_sim::api_of;
 use relay_sim::{GroundTruthVersion, RelayFiles, Sim, SimConfig};
@@ -63,7 +63,9 @@ pub struct Delivered {
 
 impl Harness {
     pub async fn start(setup: Setup) -> Harness {
-        let sim = Sim::start(setup.sim.clone()).await.expect("simulator starts");
+        let sim = Sim::start(setup.sim.clone())
+            .await
+            .expect("simulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let h = Harness { sim, dir, setup };
         h.write_config();
@@ -143,7 +145,11 @@ impl Harness {
         truth
             .iter()
             .filter(|v| {
-                let want = if v.feed.api() == relay_config::Api::Graph { "graph" } else { "defender" };
+                let want = if v.feed.api() == relay_config::Api::Graph {
+                    "graph"
+                } else {
+                    "defender"
+                };
                 api.get(v.tenant_id.as_str()) == Some(&want)
             })
             .map(to_delivered)

@@ -8,6 +8,10 @@
 //! [`RefreshTokenStore`] before using what came with it, and marks a tenant whose grant or
 //! consent is gone as [`AuthState::NeedsConsent`] instead of retrying it in a loop.
 //!
+//! [`interactive`] holds the one-time flows that onboarding (`xdr-relay onboard`) runs to get
+//! a tenant's refresh token or admin consent: authorization code with PKCE, device code,
+//! admin consent.
+//!
 //! Tokens and secrets are [`relay_config::Secret`]s everywhere: nothing this crate formats
 //! or logs contains one.
 
@@ -19,6 +23,7 @@
 mod assertion;
 mod entra;
 mod error;
+pub mod interactive;
 mod manager;
 mod store;
 mod timing;
