@@ -169,7 +169,7 @@ pub struct Args {
     /// How long to wait for the browser's redirect (or for the device code to be entered)
     /// before giving up. With --admin-consent, onboarding then checks the app's credentials
     /// anyway: the administrator may have consented on a machine that cannot reach this one.
-    #[arg(long, value_name = "N", default_value_t = 300)]
+    #[arg(long, value_name = "N", default_value_t = 900)]
     pub no_browser_wait_secs: u64,
     /// Replace an existing tenant file of this name (re-onboarding after consent was
     /// revoked or the refresh token died).
@@ -688,7 +688,7 @@ async fn onboard(plan: Plan, env: &HashMap<String, String>) -> Step<()> {
             Ok(w) => w,
             Err(e) => {
                 if refresh_token.is_some() && !plan.tenant_file_path().exists() {
-                    let _ = state.forget_tenant(&plan.name);
+                    let _ = state.forget_credentials(&plan.name);
                 }
                 return Err(Stop::Failed(format!("cannot write {file_label}: {e}")));
             }
@@ -822,7 +822,7 @@ impl Undo<'_> {
             ),
         };
         if self.forget && !replaced {
-            if let Err(e) = self.state.forget_tenant(self.tenant) {
+            if let Err(e) = self.state.forget_credentials(self.tenant) {
                 said.push_str(&format!(
                     "; its refresh token could not be removed from the state store: {e}"
                 ));

@@ -167,11 +167,8 @@ fn shipped_examples_load() {
     assert_eq!(hec.batch, BatchConfig::default());
     assert_eq!(hec.indexer_ack, IndexerAckConfig::default());
     assert_eq!(hec.tls, TlsConfig::default());
-    // The example sets both per-stream sourcetypes; only the shared `sourcetype` is unset.
-    assert_eq!(
-        hec.sourcetype_for(Stream::Incidents),
-        Some("microsoft:defender:incident")
-    );
+    // The example leaves sourcetypes unset, so the sink's add-on defaults apply.
+    assert_eq!(hec.sourcetype_for(Stream::Incidents), None);
     let Some(SinkConfig::Syslog(syslog)) = config.sinks.get("arcsight") else {
         panic!("arcsight sink missing");
     };
@@ -187,7 +184,8 @@ fn shipped_examples_load() {
         kafka.topic_for("contoso", Stream::Alerts),
         "defender.alerts"
     );
-    assert_eq!(kafka.librdkafka["message.timeout.ms"].expose(), "900000");
+    assert_eq!(kafka.librdkafka["client.id"].expose(), "xdr-relay");
+    assert!(!kafka.librdkafka.contains_key("message.timeout.ms"));
 
     assert_eq!(config.tenants.len(), 1);
     let t = &config.tenants[0];

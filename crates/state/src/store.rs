@@ -631,6 +631,19 @@ impl StateStore {
         Ok(())
     }
 
+    /// Removes `tenant`'s auth state and refresh token but keeps its checkpoints and seen
+    /// versions: for undoing a failed (re-)onboarding without making the next successful
+    /// one fetch the tenant's history again.
+    pub fn forget_credentials(&self, tenant: &str) -> Result<()> {
+        const OP: &str = "forget_credentials";
+        let sql = |e| StateError::sqlite(&self.path, OP, e);
+        let conn = self.writer(OP)?;
+        conn.execute("DELETE FROM tenant_auth WHERE tenant = ?1", params![tenant])
+            .map_err(sql)?;
+        tracing::info!(tenant, "tenant credentials forgotten");
+        Ok(())
+    }
+
     // ----- status ----------------------------------------------------------------------
 
     /// Everything `xdr-relay status` shows, read in one transaction so the numbers agree.

@@ -978,6 +978,37 @@ fn forget_tenant_keeps_its_queued_events() {
     assert_eq!(payloads(&drain(&store, "splunk")), ["e1"]);
 }
 
+#[test]
+fn forget_credentials_keeps_checkpoints_and_seen_versions() {
+    let (_dir, path) = temp_path();
+    let key = StateKey::from_bytes([8; 32]);
+    let store = open(&path, Some(&key));
+    commit(
+        &store,
+        Some(secs(10)),
+        &[("a1", secs(1))],
+        &[("splunk", b"e1")],
+    )
+    .unwrap();
+    store
+        .save_refresh_token("contoso", &Secret::new("rt"))
+        .unwrap();
+    store.forget_credentials("contoso").unwrap();
+    assert!(store.load_refresh_token("contoso").unwrap().is_none());
+    assert_eq!(store.auth_state("contoso").unwrap(), None);
+    assert_eq!(
+        store.checkpoint("contoso", "graph_alerts").unwrap(),
+        Some(secs(10))
+    );
+    assert_eq!(
+        store
+            .seen_since("contoso", "graph_alerts", long_ago())
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn files_are_private_whatever_the_umask() {
