@@ -7,7 +7,10 @@ use std::time::Duration;
 use relay_auth::{Credential, TenantAuth};
 use relay_config::{AuthMethod, Config, Feed, HttpConfig, SinkConfig, TenantConfig};
 use relay_defender::TenantTarget;
-use relay_sinks::{AnySink, FileSink, FileSinkConfig};
+use relay_sinks::{
+    AnySink, FileSink, FileSinkConfig, KafkaSink, KafkaSinkConfig, SplunkHecSink,
+    SplunkHecSinkConfig, SyslogSink, SyslogSinkConfig,
+};
 use relay_state::{OutboxLimit, StateError, StateStore, StoreOptions};
 
 use crate::error::PipelineError;
@@ -183,18 +186,29 @@ fn refresh_token_error(tenant: &TenantConfig, e: StateError) -> PipelineError {
     }
 }
 
-/// The sink configured as `name`.
-pub(crate) fn sink(name: &str, config: &SinkConfig) -> Result<AnySink, PipelineError> {
-    match config {
+/// The sink configured as `name`; `tenants` supplies a HEC sink's per-tenant
+/// `[sink_overrides.NAME]` labels. TLS files are read here, so a missing CA or key fails the
+/// start, naming the sink; nothing is sent until the sink worker runs.
+pub(crate) fn sink(
+    name: &str,
+    config: &SinkConfig,
+    tenants: &[TenantConfig],
+) -> Result<AnySink, PipelineError> {
+    Ok(match config {
         SinkConfig::File(file) => {
             let mut c = FileSinkConfig::new(name, file.path.clone());
             c.max_file_bytes = file.max_file_bytes;
             c.max_files = usize::try_from(file.max_files).unwrap_or(usize::MAX);
-            Ok(AnySink::File(FileSink::new(c)?))
+            AnySink::File(FileSink::new(c)?)
         }
-        other => Err(PipelineError::UnsupportedSink {
-            sink: name.to_owned(),
-            kind: other.kind().as_str(),
-        }),
-    }
+        SinkConfig::SplunkHec(hec) => AnySink::SplunkHec(SplunkHecSink::new(
+            SplunkHecSinkConfig::from_config(name, hec, tenants)?,
+        )?),
+        SinkConfig::Syslog(syslog) => AnySink::Syslog(SyslogSink::new(
+            SyslogSinkConfig::from_config(name, syslog),
+        )?),
+        SinkConfig::Kafka(kafka) => {
+            AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_relay(name, kafka)?)?)
+        }
+    })
 }

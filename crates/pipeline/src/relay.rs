@@ -103,13 +103,13 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     /// Builds the relay for every enabled tenant and every configured sink of `config`.
-    /// Nothing runs yet and nothing is sent over the network; the state store is read
-    /// (stored refresh tokens, outbox depths) and a refresh-token tenant's bootstrap token
-    /// is saved to it.
+    /// Nothing runs yet and no event is sent (a Kafka sink's librdkafka producer starts
+    /// connecting to its brokers); the state store is read (stored refresh tokens, outbox
+    /// depths) and a refresh-token tenant's bootstrap token is saved to it.
     ///
     /// Fails, naming the tenant or sink, on a refresh-token tenant without a state key or
-    /// without any refresh token, a sink type not supported yet, a tenant routed to no or an
-    /// unknown sink.
+    /// without any refresh token, a sink configuration the sink refuses (a bad template, an
+    /// unreadable TLS file), a tenant routed to no or an unknown sink.
     pub fn new(
         config: &Config,
         state: Arc<StateStore>,
@@ -138,7 +138,7 @@ impl Relay {
 
         let mut sinks = Vec::with_capacity(config.sinks.len());
         for (name, sink_config) in &config.sinks {
-            let built = sink(name, sink_config)?;
+            let built = sink(name, sink_config, &config.tenants)?;
             let depth = state.depth(name).map_err(|source| PipelineError::State {
                 context: format!("sink {name}: cannot read its outbox depth"),
                 source: Box::new(source),

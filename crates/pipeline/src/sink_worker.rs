@@ -72,6 +72,15 @@ async fn sleep_or_stop(d: Duration, hard: &CancellationToken) -> bool {
     }
 }
 
+/// How long `sink` wants a partial batch to wait for more events: only Splunk HEC batches
+/// by time (`batch.linger_ms`); the other sinks send what is there at once.
+fn linger_of(sink: &AnySink) -> Duration {
+    match sink {
+        AnySink::SplunkHec(s) => s.linger(),
+        AnySink::File(_) | AnySink::Syslog(_) | AnySink::Kafka(_) => Duration::ZERO,
+    }
+}
+
 impl SinkWorker {
     pub(crate) async fn run(mut self, stop: StopSignals) {
         let name = self.cell.name.clone();
@@ -87,8 +96,11 @@ impl SinkWorker {
         }
 
         let limits = self.sink.batch_limits();
+        let linger = linger_of(&self.sink);
         let mut after_seq = 0i64;
         let mut attempt = 0u32;
+        // Whether the batch about to be sent already waited its linger.
+        let mut lingered = false;
         'work: loop {
             if stop.hard.is_cancelled() {
                 break;
@@ -128,6 +140,28 @@ impl SinkWorker {
                 }
                 continue;
             };
+
+            if !lingered
+                && !linger.is_zero()
+                && attempt == 0
+                && rows.len() < limits.max_events
+                && !stop.drain.is_cancelled()
+                && self.nothing_after(last_seq).await
+            {
+                // The batch holds everything waiting, yet is not full: give the pollers up to
+                // `linger` to add more, so that a trickle of events becomes fewer, fuller
+                // requests (HEC `batch.linger_ms`). The rows stay in the outbox meanwhile;
+                // the batch is read again and sent whatever its size.
+                lingered = true;
+                tokio::select! {
+                    biased;
+                    _ = stop.hard.cancelled() => break,
+                    _ = stop.drain.cancelled() => {}
+                    _ = tokio::time::sleep(linger) => {}
+                }
+                continue;
+            }
+            lingered = false;
 
             let events = self.decode(rows);
             if !events.is_empty() {
@@ -204,6 +238,18 @@ impl SinkWorker {
         debug!("sink worker stopped");
     }
 
+    /// Whether the outbox holds no row after `seq`, i.e. a batch ending at `seq` was not cut
+    /// by the batch limits. A failed read counts as "more waiting", which only skips the
+    /// linger.
+    async fn nothing_after(&self, seq: i64) -> bool {
+        let sink = self.cell.name.clone();
+        blocking(&self.state, move |s| {
+            s.read_batch(&sink, seq, 1, usize::MAX)
+        })
+        .await
+        .is_ok_and(|rows| rows.is_empty())
+    }
+
     /// The events of `rows`, in order. A row that does not decode (written by an
     /// incompatible build, or damaged) can never be delivered; it is skipped with an error
     /// rather than wedging the sink forever, and is acknowledged with its batch.
@@ -261,5 +307,155 @@ impl SinkWorker {
             Ok(depth) => self.cell.set_depth(depth),
             Err(e) => warn!(error = %e, "cannot read the outbox depth of sink {}", self.cell.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::SinkCell;
+    use relay_config::{Feed, Secret};
+    use relay_sinks::splunk_hec::test_receiver::{HecReceiver, DEFAULT_TOKEN};
+    use relay_sinks::{Severity, SplunkHecSink, SplunkHecSinkConfig};
+    use relay_state::{OutboxDepth, PollCommit, StoreOptions};
+
+    const SINK: &str = "hec";
+
+    fn append(state: &StateStore, ids: std::ops::Range<usize>) {
+        let now = Utc::now();
+        let payloads: Vec<Vec<u8>> = ids
+            .map(|i| {
+                serde_json::to_vec(&Event {
+                    tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
+                    tenant_name: "contoso".into(),
+                    stream: Feed::GraphAlerts.stream(),
+                    feed: Feed::GraphAlerts,
+                    id: format!("da{i}"),
+                    version_time: now,
+                    severity: Severity::High,
+                    title: Some(format!("alert {i}")),
+                    raw: serde_json::value::RawValue::from_string(format!(r#"{{"id":"da{i}"}}"#))
+                        .unwrap(),
+                })
+                .unwrap()
+            })
+            .collect();
+        let outbox: Vec<(&str, &[u8])> = payloads.iter().map(|p| (SINK, p.as_slice())).collect();
+        state
+            .commit_poll(&PollCommit {
+                tenant: "contoso",
+                feed: Feed::GraphAlerts.as_str(),
+                new_checkpoint: None,
+                seen: &[],
+                outbox: &outbox,
+                prune_seen_before: now,
+            })
+            .unwrap();
+    }
+
+    /// A worker on a HEC sink with `linger` and at most 100 events per request.
+    fn start(
+        receiver: &HecReceiver,
+        state: &Arc<StateStore>,
+        linger: Duration,
+    ) -> (Arc<SinkCell>, StopSignals, tokio::task::JoinHandle<()>) {
+        let mut config = SplunkHecSinkConfig::new(SINK, receiver.url(), Secret::new(DEFAULT_TOKEN));
+        config.gzip = false;
+        config.batch.max_events = 100;
+        config.batch.linger = linger;
+        let sink = AnySink::SplunkHec(SplunkHecSink::new(config).unwrap());
+        let cell = Arc::new(SinkCell::new(SINK, "splunk_hec", OutboxDepth::default()));
+        let stop = StopSignals {
+            drain: CancellationToken::new(),
+            hard: CancellationToken::new(),
+        };
+        let worker = SinkWorker {
+            sink,
+            state: Arc::clone(state),
+            cell: Arc::clone(&cell),
+            retry: SinkRetry {
+                base: Duration::from_millis(50),
+                cap: Duration::from_millis(200),
+                stopped: Duration::from_secs(1),
+            },
+        };
+        let task = tokio::spawn(worker.run(stop.clone()));
+        (cell, stop, task)
+    }
+
+    async fn wait_delivered(receiver: &HecReceiver, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while receiver.events().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} events arrived",
+                receiver.events().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn request_sizes(receiver: &HecReceiver) -> Vec<usize> {
+        receiver
+            .event_requests()
+            .iter()
+            .map(|r| {
+                serde_json::Deserializer::from_slice(&r.body)
+                    .into_iter::<serde::de::IgnoredAny>()
+                    .count()
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hec_partial_batch_lingers_for_more_events_and_full_batches_go_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            StateStore::open(&dir.path().join("state.db"), None, StoreOptions::default()).unwrap(),
+        );
+        let receiver = HecReceiver::start_default().await.unwrap();
+
+        // One event waits alone; two more come 300 ms later, within the 1.5 s linger: one
+        // request carries all three. Without the linger the first would go on its own.
+        append(&state, 0..1);
+        let (cell, stop, task) = start(&receiver, &state, Duration::from_millis(1500));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        append(&state, 1..3);
+        cell.wake.notify_one();
+        wait_delivered(&receiver, 3).await;
+        assert_eq!(request_sizes(&receiver), vec![3]);
+
+        // 250 more: two full requests at once, then the partial rest after its linger.
+        append(&state, 3..253);
+        cell.wake.notify_one();
+        wait_delivered(&receiver, 253).await;
+        assert_eq!(request_sizes(&receiver), vec![3, 100, 100, 50]);
+
+        stop.drain.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.depth(SINK).unwrap().rows, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hec_drain_sends_a_partial_batch_without_lingering() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            StateStore::open(&dir.path().join("state.db"), None, StoreOptions::default()).unwrap(),
+        );
+        let receiver = HecReceiver::start_default().await.unwrap();
+        append(&state, 0..5);
+        let (_cell, stop, task) = start(&receiver, &state, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let drained = std::time::Instant::now();
+        stop.drain.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a drain does not wait out a 60 s linger")
+            .unwrap();
+        assert!(drained.elapsed() < Duration::from_secs(10));
+        assert_eq!(request_sizes(&receiver), vec![5]);
     }
 }

@@ -99,9 +99,42 @@ async fn crash_mid_run_loses_nothing() {
     let relay = relay_pipeline::Relay::new(&config, state.clone(), options()).unwrap();
     let status = relay.status();
     doomed.spawn(relay.run(tokio_util::sync::CancellationToken::new()));
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(status.snapshot().events() > 0);
-    sim.pause_activity();
+    // Versions made and superseded while the relay is dead can be seen by no relay, yet
+    // the ground truth lists them. So background activity stops, the relay catches up,
+    // and the work in flight at the crash is a bulk update of many items, each once.
+    sim.settle().await;
+    let settled = chrono::Utc::now();
+    wait_for(
+        &status,
+        Duration::from_secs(20),
+        "catch-up before the crash",
+        |s| {
+            s.feeds
+                .iter()
+                .all(|f| f.checkpoint.is_some_and(|c| c > settled))
+        },
+    )
+    .await;
+    sim.burst(
+        &sim.tenants()[0].tenant_id,
+        relay_config::Stream::Alerts,
+        80,
+    )
+    .unwrap();
+    sim.burst(
+        &sim.tenants()[1].tenant_id,
+        relay_config::Stream::Incidents,
+        30,
+    )
+    .unwrap();
+    // Visible after 300 ms, polled within the next second: kill it somewhere in there.
+    let events = status.snapshot().events();
+    let kill_after =
+        Duration::from_millis(300 + u64::from(chrono::Utc::now().timestamp_subsec_millis() % 1500));
+    tokio::time::sleep(kill_after).await;
+    let events_at_crash = status.snapshot().events();
     doomed.shutdown_background();
     // Blocking writes already started finish on their own threads.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -115,6 +148,10 @@ async fn crash_mid_run_loses_nothing() {
     let second = start(&config, state, options());
     sim.resume_activity();
     tokio::time::sleep(Duration::from_secs(4)).await;
+    eprintln!(
+        "crashed {kill_after:?} after the bursts, with {} of their events committed",
+        events_at_crash - events
+    );
     sim.settle().await;
     let settled = chrono::Utc::now();
     wait_for(&second.status, Duration::from_secs(20), "catch-up", |s| {
