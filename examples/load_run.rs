@@ -88,6 +88,13 @@ impl Tail {
         let Ok(mut f) = fs::File::open(&self.path) else {
             return;
         };
+        if f.metadata().map(|m| m.len() < self.offset).unwrap_or(false) {
+            eprintln!(
+                "{} was rotated; lines written before the rotation may be missed",
+                self.path.display()
+            );
+            self.offset = 0;
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
@@ -156,6 +163,9 @@ async fn main() {
                 overlap_secs: 120,
                 availability_lag_secs: 0,
                 first_fetch_hours: 1,
+                // One file for the whole run, so the tail below sees every line.
+                sinks_toml: "[sinks.file]\ntype = \"file\"\npath = \"events\"\nmax_file_bytes = 1099511627776\n"
+                    .to_string(),
                 ..RelayFiles::default()
             },
         )
@@ -208,6 +218,13 @@ async fn main() {
         .status();
     let _ = child.wait();
 
+    let log = fs::read_to_string(dir.path().join("relay.log")).unwrap_or_default();
+    let warnings = log.lines().filter(|l| l.contains("\"WARN\"")).count();
+    let errors = log.lines().filter(|l| l.contains("\"ERROR\"")).count();
+    println!("daemon log: {warnings} warning(s), {errors} error(s)");
+    for l in log.lines().rev().take(5) {
+        println!("  {l:.300}");
+    }
     let total_cpu = cpu_end;
     let wall = started.elapsed().as_secs_f64();
     println!(
@@ -242,5 +259,8 @@ async fn main() {
         percentile(&l, 0.5) as f64 / 1000.0,
         percentile(&l, 0.99) as f64 / 1000.0
     );
-    println!("events written in total: {}", tail.lines);
+    println!(
+        "events written in total: {} (the simulator made {} versions of {} incidents and {} alerts)",
+        tail.lines, stats.world.versions, stats.world.incidents, stats.world.alerts
+    );
 }
