@@ -117,6 +117,28 @@ pub(crate) fn tenant_auth(
     tenant: &TenantConfig,
     state: &StateStore,
 ) -> Result<TenantAuth, PipelineError> {
+    let prepared = prepare_auth(tenant, state)?;
+    save_bootstrap(&prepared, state)?;
+    Ok(prepared.auth)
+}
+
+/// [`tenant_auth`] split in two so that a reload can check every tenant before it changes
+/// anything: this half only reads the state store.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedAuth {
+    pub(crate) auth: TenantAuth,
+    /// The refresh token in `auth` is the tenant file's bootstrap token, not yet in the
+    /// state store.
+    pub(crate) bootstrap: bool,
+    file: String,
+}
+
+/// The first half of [`tenant_auth`]: fails, naming the tenant, where it would.
+pub(crate) fn prepare_auth(
+    tenant: &TenantConfig,
+    state: &StateStore,
+) -> Result<PreparedAuth, PipelineError> {
+    let mut bootstrap = false;
     let credential = match &tenant.auth.method {
         AuthMethod::RefreshToken {
             client_secret,
@@ -124,15 +146,12 @@ pub(crate) fn tenant_auth(
         } => {
             let stored = state
                 .load_refresh_token(&tenant.name)
-                .map_err(|e| refresh_token_error(tenant, e))?;
+                .map_err(|e| refresh_token_error(&tenant.name, e))?;
             let token = match (stored, refresh_token) {
                 (Some(stored), _) => stored,
-                (None, Some(bootstrap)) => {
-                    state
-                        .save_refresh_token(&tenant.name, bootstrap)
-                        .map_err(|e| refresh_token_error(tenant, e))?;
-                    tracing::info!(tenant = %tenant.name, "bootstrap refresh token from the tenant file saved to the state store");
-                    bootstrap.clone()
+                (None, Some(seed)) => {
+                    bootstrap = true;
+                    seed.clone()
                 }
                 (None, None) => {
                     return Err(PipelineError::NoRefreshToken {
@@ -158,29 +177,66 @@ pub(crate) fn tenant_auth(
             key_pem: private_key.clone(),
         },
     };
-    Ok(TenantAuth {
-        name: tenant.name.clone(),
-        tenant_id: tenant.tenant_id.clone(),
-        endpoints: tenant.endpoints.clone(),
-        client_id: tenant.auth.client_id.clone(),
-        credential,
-        token_version: match tenant.auth.token_version {
-            relay_config::TokenVersion::V1 => relay_auth::TokenVersion::V1,
-            relay_config::TokenVersion::V2 => relay_auth::TokenVersion::V2,
+    Ok(PreparedAuth {
+        auth: TenantAuth {
+            name: tenant.name.clone(),
+            tenant_id: tenant.tenant_id.clone(),
+            endpoints: tenant.endpoints.clone(),
+            client_id: tenant.auth.client_id.clone(),
+            credential,
+            token_version: match tenant.auth.token_version {
+                relay_config::TokenVersion::V1 => relay_auth::TokenVersion::V1,
+                relay_config::TokenVersion::V2 => relay_auth::TokenVersion::V2,
+            },
         },
+        bootstrap,
+        file: tenant.file.display().to_string(),
     })
 }
 
-fn refresh_token_error(tenant: &TenantConfig, e: StateError) -> PipelineError {
+/// The second half of [`tenant_auth`]: saves a bootstrap refresh token to the state store.
+pub(crate) fn save_bootstrap(
+    prepared: &PreparedAuth,
+    state: &StateStore,
+) -> Result<(), PipelineError> {
+    let Credential::RefreshToken { refresh_token, .. } = &prepared.auth.credential else {
+        return Ok(());
+    };
+    if !prepared.bootstrap {
+        return Ok(());
+    }
+    let name = &prepared.auth.name;
+    state
+        .save_refresh_token(name, refresh_token)
+        .map_err(|e| refresh_token_error(name, e))?;
+    tracing::info!(tenant = %name, file = %prepared.file, "bootstrap refresh token from the tenant file saved to the state store");
+    Ok(())
+}
+
+/// `auth` with the refresh token now in the state store, if it is a refresh-token tenant
+/// and the store has one: a token rotated after `auth` was prepared wins.
+pub(crate) fn with_stored_refresh_token(
+    mut auth: TenantAuth,
+    state: &StateStore,
+) -> Result<TenantAuth, PipelineError> {
+    if let Credential::RefreshToken { refresh_token, .. } = &mut auth.credential {
+        if let Some(stored) = state
+            .load_refresh_token(&auth.name)
+            .map_err(|e| refresh_token_error(&auth.name, e))?
+        {
+            *refresh_token = stored;
+        }
+    }
+    Ok(auth)
+}
+
+fn refresh_token_error(tenant: &str, e: StateError) -> PipelineError {
     match e {
         StateError::KeyRequired { .. } => PipelineError::StateKeyRequired {
-            tenant: tenant.name.clone(),
+            tenant: tenant.to_owned(),
         },
         source => PipelineError::State {
-            context: format!(
-                "tenant {}: cannot read or store its refresh token",
-                tenant.name
-            ),
+            context: format!("tenant {tenant}: cannot read or store its refresh token"),
             source: Box::new(source),
         },
     }

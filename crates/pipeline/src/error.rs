@@ -85,6 +85,21 @@ pub enum PipelineError {
         #[source]
         source: Box<StateError>,
     },
+
+    /// A configuration reload was refused; the running configuration is kept. Each problem
+    /// names the file and key (or tenant) at fault.
+    #[error("configuration reload rejected, the running configuration is kept: {}", problems.join("; "))]
+    ReloadRejected {
+        /// Every reason, one per sink, section or tenant.
+        problems: Vec<String>,
+    },
+
+    /// A configuration reload arrived while the relay was not running its tasks.
+    #[error("configuration reload refused: the relay is {phase}")]
+    NotRunning {
+        /// `not started yet` or `shutting down`.
+        phase: &'static str,
+    },
 }
 
 impl From<SinkError> for PipelineError {

@@ -5,7 +5,9 @@
 //! it to the **outbox** of every sink the tenant routes to in one state-store transaction,
 //! and one **sink worker** per sink that delivers its outbox in order and deletes rows only
 //! after the sink acknowledged them. [`Relay::run`] runs all of it until cancelled, then
-//! drains.
+//! drains. A [`ReloadHandle`] applies a reloaded configuration to the running relay
+//! (SIGHUP): tenants added, removed and changed start, stop and restart; the others and
+//! the state store are left alone.
 //!
 //! ```no_run
 //! # async fn demo(config: relay_config::Config, state: std::sync::Arc<relay_state::StateStore>)
@@ -34,6 +36,7 @@ mod error;
 mod normalize;
 mod poll;
 mod relay;
+mod reload;
 mod sink_worker;
 mod status;
 mod token_store;
@@ -42,6 +45,7 @@ pub use build::store_options;
 pub use error::PipelineError;
 pub use normalize::normalize;
 pub use relay::{Relay, RelayOptions, RunReport};
+pub use reload::{ReloadHandle, ReloadReport};
 pub use status::{
     ErrorCounts, FeedStats, RelayStatus, SinkState, SinkStats, StatusHandle, TenantStats,
 };

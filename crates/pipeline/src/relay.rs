@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::build::{http_client, sink, tenant_auth, tenant_plan, TenantPlan};
+use crate::build::{http_client, sink, tenant_auth, tenant_plan};
 use crate::error::PipelineError;
-use crate::poll::FeedTask;
+use crate::reload::{hec_overrides, Control, FeedSetup, Live, ReloadHandle, Spawner};
 use crate::sink_worker::{SinkRetry, SinkWorker, StopSignals};
-use crate::status::{FeedCell, SinkCell, StatusHandle, TenantCell};
+use crate::status::{SinkCell, StatusHandle};
 use crate::token_store::StateTokenStore;
 
 /// Knobs that are not operator configuration: how the binary, the demo and tests run the
@@ -71,13 +71,6 @@ pub struct RunReport {
     pub left_in_outbox: BTreeMap<String, u64>,
 }
 
-struct FeedSetup {
-    plan: Arc<TenantPlan>,
-    tenant: Arc<TenantCell>,
-    feeds: Vec<(relay_config::Feed, Arc<FeedCell>)>,
-    sinks: Vec<Arc<SinkCell>>,
-}
-
 /// The running engine: every tenant's poll tasks and every sink's worker, sharing one
 /// token manager, one API client, one state store and one in-flight limit.
 pub struct Relay {
@@ -89,6 +82,9 @@ pub struct Relay {
     permits: Arc<Semaphore>,
     status: StatusHandle,
     opts: RelayOptions,
+    /// The configuration built from, for reloads to compare with.
+    config: Config,
+    control: Arc<Control>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -147,31 +143,13 @@ impl Relay {
             sinks.push((built, cell));
         }
 
+        let sink_cells: Vec<Arc<SinkCell>> = sinks.iter().map(|(_, c)| Arc::clone(c)).collect();
         let mut tenants = Vec::new();
         for tenant in config.enabled_tenants() {
             let plan = Arc::new(tenant_plan(config, tenant, opts.poll_interval_override)?);
-            tokens.upsert_tenant(tenant_auth(tenant, &state)?);
-            let routed = plan
-                .sinks
-                .iter()
-                .filter_map(|name| {
-                    sinks
-                        .iter()
-                        .find(|(_, cell)| &cell.name == name)
-                        .map(|(_, cell)| Arc::clone(cell))
-                })
-                .collect();
-            let feeds = plan
-                .feeds
-                .iter()
-                .map(|&feed| (feed, Arc::new(FeedCell::new(plan.name(), feed))))
-                .collect();
-            tenants.push(FeedSetup {
-                tenant: Arc::new(TenantCell::new(plan.name(), &plan.target.tenant_id)),
-                plan,
-                feeds,
-                sinks: routed,
-            });
+            let auth = tenant_auth(tenant, &state)?;
+            tokens.upsert_tenant(auth.clone());
+            tenants.push(FeedSetup::new(plan, auth, &sink_cells, None));
         }
 
         let status = StatusHandle::new(
@@ -191,6 +169,8 @@ impl Relay {
             permits: Arc::new(Semaphore::new(config.http.max_requests_in_flight.max(1))),
             status,
             opts,
+            config: config.clone(),
+            control: Arc::new(Control::new()),
         })
     }
 
@@ -198,6 +178,13 @@ impl Relay {
     /// deliveries and outbox depth per sink. Cheap to clone and to snapshot.
     pub fn status(&self) -> StatusHandle {
         self.status.clone()
+    }
+
+    /// The handle through which the binary hands a reloaded configuration to the running
+    /// relay (SIGHUP); see [`ReloadHandle::reload`]. Take it before [`Relay::run`]; a
+    /// reload is refused until `run` has started the tasks and once shutdown began.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle::new(Arc::clone(&self.control))
     }
 
     /// Runs every poll task and sink worker until `shutdown` is cancelled, then shuts down
@@ -215,6 +202,8 @@ impl Relay {
             permits,
             status,
             opts,
+            config,
+            control,
         } = self;
         info!(
             tenants = tenants.len(),
@@ -234,6 +223,7 @@ impl Relay {
         };
         let sink_tasks = TaskTracker::new();
         let sink_names: Vec<String> = sinks.iter().map(|(_, c)| c.name.clone()).collect();
+        let sink_cells: Vec<Arc<SinkCell>> = sinks.iter().map(|(_, c)| Arc::clone(c)).collect();
         for (sink, cell) in sinks {
             let span = info_span!("sink", sink = %cell.name, kind = sink.kind());
             let worker = SinkWorker {
@@ -246,37 +236,38 @@ impl Relay {
         }
         sink_tasks.close();
 
-        // One child token per tenant, so a tenant can later be stopped alone (offboarding,
+        // One child token per tenant, so a tenant can be stopped alone (offboarding,
         // config reload) without touching the others.
-        let poll_root = shutdown.child_token();
         let poll_tasks = TaskTracker::new();
-        for setup in tenants {
-            let tenant_token = poll_root.child_token();
-            for (feed, cell) in setup.feeds {
-                let span = info_span!(
-                    "poll",
-                    tenant = %setup.plan.name(),
-                    feed = %feed,
-                    stream = %feed.stream()
-                );
-                let task = FeedTask {
-                    plan: Arc::clone(&setup.plan),
-                    feed,
-                    state: Arc::clone(&state),
-                    client: client.clone(),
-                    tokens: tokens.clone(),
-                    sinks: setup.sinks.clone(),
-                    stats: cell,
-                    tenant: Arc::clone(&setup.tenant),
-                    permits: Arc::clone(&permits),
-                };
-                poll_tasks.spawn(task.run(tenant_token.clone()).instrument(span));
-            }
-        }
-        poll_tasks.close();
+        let spawner = Spawner {
+            state: Arc::clone(&state),
+            client,
+            tokens,
+            permits,
+            poll_root: shutdown.child_token(),
+            tracker: poll_tasks.clone(),
+        };
+        let running = tenants
+            .into_iter()
+            .map(|setup| (setup.plan.name().to_owned(), spawner.start(setup)))
+            .collect();
+        control
+            .set_running(Live {
+                hec_baseline: hec_overrides(&config),
+                config,
+                tenants: running,
+                spawner,
+                sinks: sink_cells,
+                status: status.clone(),
+                poll_interval_override: opts.poll_interval_override,
+            })
+            .await;
 
         shutdown.cancelled().await;
         info!("shutdown requested; finishing polls in flight");
+        // Reloads spawn tasks: the tracker may close only once none can run any more.
+        control.stop().await;
+        poll_tasks.close();
         poll_tasks.wait().await;
         info!(grace = ?opts.shutdown_grace, "polling stopped; delivering what is in the outboxes");
         stop.drain.cancel();
@@ -295,10 +286,11 @@ impl Relay {
             let rows = snapshot.sink(&name).map_or(0, |s| s.outbox.rows);
             left_in_outbox.insert(name, rows);
         }
+        let retired = status.retired();
         let report = RunReport {
-            polls: snapshot.polls(),
-            poll_errors: snapshot.poll_errors(),
-            events: snapshot.events(),
+            polls: snapshot.polls() + retired.polls,
+            poll_errors: snapshot.poll_errors() + retired.poll_errors,
+            events: snapshot.events() + retired.events,
             delivered: snapshot.delivered(),
             left_in_outbox,
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use relay_config::{Feed, Stream};
 use relay_state::{AuthState, OutboxDepth};
 use serde::Serialize;
@@ -23,9 +23,21 @@ pub struct StatusHandle {
 #[derive(Debug)]
 struct Shared {
     started_at: DateTime<Utc>,
-    tenants: Vec<Arc<TenantCell>>,
-    feeds: Vec<Arc<FeedCell>>,
+    /// Replaced as a whole by a config reload; a snapshot reads one version of each list.
+    tenants: RwLock<Vec<Arc<TenantCell>>>,
+    feeds: RwLock<Vec<Arc<FeedCell>>>,
     sinks: Vec<Arc<SinkCell>>,
+    /// Counters of the feeds of tenants a reload removed, so the run's totals
+    /// ([`RunReport`](crate::RunReport)) still count their work.
+    retired: Mutex<Retired>,
+}
+
+/// The summed counters of feeds no longer in the status.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Retired {
+    pub(crate) polls: u64,
+    pub(crate) poll_errors: u64,
+    pub(crate) events: u64,
 }
 
 impl StatusHandle {
@@ -37,9 +49,10 @@ impl StatusHandle {
         StatusHandle {
             inner: Arc::new(Shared {
                 started_at: Utc::now(),
-                tenants,
-                feeds,
+                tenants: RwLock::new(tenants),
+                feeds: RwLock::new(feeds),
                 sinks,
+                retired: Mutex::new(Retired::default()),
             }),
         }
     }
@@ -50,10 +63,46 @@ impl StatusHandle {
         RelayStatus {
             taken_at: now,
             started_at: self.inner.started_at,
-            tenants: self.inner.tenants.iter().map(|t| t.snapshot()).collect(),
-            feeds: self.inner.feeds.iter().map(|f| f.snapshot(now)).collect(),
+            tenants: self
+                .inner
+                .tenants
+                .read()
+                .iter()
+                .map(|t| t.snapshot())
+                .collect(),
+            feeds: self
+                .inner
+                .feeds
+                .read()
+                .iter()
+                .map(|f| f.snapshot(now))
+                .collect(),
             sinks: self.inner.sinks.iter().map(|s| s.snapshot()).collect(),
         }
+    }
+
+    /// After a reload: the new tenant set. Feed cells that are not kept have their counters
+    /// added to the retired totals.
+    pub(crate) fn replace_tenants(&self, tenants: Vec<Arc<TenantCell>>, feeds: Vec<Arc<FeedCell>>) {
+        let mut current_feeds = self.inner.feeds.write();
+        {
+            let mut retired = self.inner.retired.lock();
+            for old in current_feeds.iter() {
+                if !feeds.iter().any(|f| Arc::ptr_eq(f, old)) {
+                    let i = old.inner.lock();
+                    retired.polls += i.polls;
+                    retired.poll_errors += i.errors.total();
+                    retired.events += i.events;
+                }
+            }
+        }
+        *current_feeds = feeds;
+        *self.inner.tenants.write() = tenants;
+    }
+
+    /// The counters of feeds removed by reloads.
+    pub(crate) fn retired(&self) -> Retired {
+        *self.inner.retired.lock()
     }
 }
 
@@ -65,7 +114,8 @@ pub struct RelayStatus {
     pub taken_at: DateTime<Utc>,
     /// When the relay was built.
     pub started_at: DateTime<Utc>,
-    /// Per enabled tenant, in configuration order.
+    /// Per running tenant, in configuration order (after a reload: the new set; a removed
+    /// tenant's rows are gone, so sums over `feeds` no longer include its work).
     pub tenants: Vec<TenantStats>,
     /// Per (tenant, feed), in configuration order.
     pub feeds: Vec<FeedStats>,

@@ -9,5 +9,6 @@ mod build;
 mod consent;
 mod delivery;
 mod failing_sink;
+mod reload;
 mod restart;
 mod util;
