@@ -13,7 +13,8 @@ fn write_minimal(dir: &std::path::Path, tenant_extra: &str) {
     fs::create_dir_all(dir.join("tenants.d")).unwrap();
     fs::write(
         dir.join("relay.toml"),
-        "[state]\npath = \"state.db\"\nkey_file = \"state.key\"\n\n[sinks.file]\ntype = \"file\"\npath = \"events\"\n",
+        // A free admin port: other test binaries may run a relay at the same time.
+        "[state]\npath = \"state.db\"\nkey_file = \"state.key\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[sinks.file]\ntype = \"file\"\npath = \"events\"\n",
     )
     .unwrap();
     fs::write(dir.join("app.secret"), "s3cr3t-value\n").unwrap();

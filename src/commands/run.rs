@@ -22,7 +22,7 @@ pub struct Args {
     pub shutdown_grace_secs: u64,
     /// Under a systemd watchdog (`WatchdogSec=`): how long no poll may end before the
     /// keep-alive is withheld and systemd restarts the relay. Default: derived from the
-    /// shortest poll interval and the request timeout (about 14 minutes with the defaults).
+    /// shortest poll interval and the request timeout (about 13.5 minutes with the defaults).
     #[arg(long)]
     pub watchdog_stall_secs: Option<u64>,
 }
@@ -47,6 +47,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
+        // Bound before anything else: a taken port stops the start with nothing started.
+        let admin = match relay_admin::AdminServer::bind(config.admin.listen).await {
+            Ok(a) => a,
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                tracing::error!(error = format!("{e:#}"), "nothing was started");
+                eprintln!("xdr-relay: error: {e:#}");
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        };
         let state = match super::state::open(&config, super::state::Access::ReadWrite) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -62,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             ..RelayOptions::default()
         };
-        let relay = match Relay::new(&config, state, opts) {
+        let relay = match Relay::new(&config, Arc::clone(&state), opts) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(
@@ -74,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         let shutdown = CancellationToken::new();
+        spawn_reloader(&args.config, relay.reload_handle(), shutdown.clone());
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
             super::shutdown_signal().await;
@@ -87,16 +98,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sinks = config.sinks.len(),
             "xdr-relay running"
         );
-        let stall_budget = args
-            .watchdog_stall_secs
-            .map_or_else(|| crate::systemd::stall_budget(&config), Duration::from_secs);
+        let stall_budget = args.watchdog_stall_secs.map_or_else(
+            || crate::systemd::stall_budget(&config),
+            Duration::from_secs,
+        );
         tokio::spawn(crate::systemd::supervise(
             relay.status(),
             stall_budget,
             shutdown.child_token(),
         ));
+        // Serves until the relay has drained; /readyz turns 503 as shutdown begins.
+        let admin = admin.spawn(relay_admin::AdminSources::new(
+            &config,
+            state,
+            relay.status(),
+            shutdown.clone(),
+        ));
         crate::systemd::notify_ready(&relay.status().snapshot());
-        let report = relay.run(shutdown).await.context("the relay failed")?;
+        let result = relay.run(shutdown).await;
+        admin.stop().await;
+        let report = result.context("the relay failed")?;
         tracing::info!(
             polls = report.polls,
             poll_errors = report.poll_errors,
@@ -107,4 +128,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// SIGHUP (`systemctl reload`): re-reads relay.toml and tenants.d and hands the result to
+/// the running relay, which starts new tenants, stops removed ones and restarts changed
+/// ones. A configuration that does not validate, or a change that needs a restart, is
+/// rejected with its problems and the running configuration is kept.
+fn spawn_reloader(
+    config_path: &std::path::Path,
+    reloader: relay_pipeline::ReloadHandle,
+    stop: CancellationToken,
+) {
+    // Registered before the relay starts: a SIGHUP's default action would end the
+    // process, which systemd counts as a clean exit and does not restart.
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload needs a restart");
+            return;
+        }
+    };
+    let config_path = config_path.to_path_buf();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hangup.recv() => if got.is_none() { return },
+            }
+            tracing::info!(config = %config_path.display(), "SIGHUP: reloading the configuration");
+            let env = super::process_env();
+            match relay_config::load(&relay_config::LoadOptions::new(&config_path, &env)) {
+                Err(errors) => {
+                    let problems: Vec<String> =
+                        errors.problems().iter().map(|p| p.to_string()).collect();
+                    tracing::error!(
+                        problems = %problems.join("; "),
+                        "configuration reload rejected: the new files do not validate; the running configuration is kept"
+                    );
+                }
+                Ok(new) => match reloader.reload(new).await {
+                    Ok(report) => tracing::info!("{report}"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "configuration reload rejected")
+                    }
+                },
+            }
+        }
+    });
 }

@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use relay_admin::health::{CredentialHealth, CredentialReport, TenantSignals};
 use relay_state::{AuthState, StatusSnapshot};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,7 +21,8 @@ pub struct Args {
 }
 
 /// Prints per tenant and feed: last poll, checkpoint, lag, errors, auth state; per sink:
-/// outbox depth and last delivery.
+/// outbox depth and last delivery; per tenant credential: when it lapses, with a warning
+/// and the command that fixes it when that is within 14 days (or consent was revoked).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = super::process_env();
     let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
@@ -48,12 +50,96 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .status_snapshot()
         .with_context(|| format!("cannot read {}", config.state.path.display()))?;
     let now = Utc::now();
+    let credentials = credential_report(&config, &snapshot, now);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        let mut doc = serde_json::to_value(&snapshot)?;
+        if let Some(doc) = doc.as_object_mut() {
+            doc.insert("credentials".into(), serde_json::to_value(&credentials)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render(&config, &snapshot, now));
+        print!("{}", render_credentials(&config, &credentials, now));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Credential expiry of every configured tenant, with the auth state and refresh-token
+/// save time the daemon last recorded.
+fn credential_report(
+    config: &relay_config::Config,
+    s: &StatusSnapshot,
+    now: DateTime<Utc>,
+) -> CredentialReport {
+    let signals: HashMap<String, TenantSignals> = s
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.tenant.clone(),
+                TenantSignals {
+                    refresh_token_saved: t.refresh_token_saved,
+                    auth: t.auth.clone(),
+                },
+            )
+        })
+        .collect();
+    CredentialHealth::new(config, &config.tenants).assess(&signals, now)
+}
+
+/// The CREDENTIALS section: every known expiry, then each warning with its fix.
+fn render_credentials(
+    config: &relay_config::Config,
+    report: &CredentialReport,
+    now: DateTime<Utc>,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<14} {:<19} {:>6}  CREDENTIALS (warned {} days ahead)",
+        "TENANT",
+        "CREDENTIAL",
+        "EXPIRES",
+        "IN",
+        relay_admin::health::WARN_WITHIN.num_days()
+    );
+    for e in &report.expiries {
+        let left = if e.expires_at <= now {
+            "LAPSED".to_string()
+        } else {
+            age(e.expires_at, Some(now))
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<14} {:<19} {:>6}",
+            e.tenant,
+            e.kind.as_str(),
+            time(Some(e.expires_at)),
+            left
+        );
+    }
+    for tenant in &report.unknown {
+        let file = config
+            .tenant(tenant)
+            .map(|t| t.file.display().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{tenant:<24} {:<14} unknown: set auth.client_secret_expires in {file} to be warned",
+            "client_secret"
+        );
+    }
+    if report.expiries.is_empty() && report.unknown.is_empty() {
+        let _ = writeln!(out, "(no credential expiry known yet)");
+    }
+    for w in &report.warnings {
+        let level = if w.is_lapsed(now) { "ERROR" } else { "WARNING" };
+        let _ = writeln!(out, "{level} {}: {}", w.tenant, w.describe(now));
+        let _ = writeln!(out, "  fix: {}", w.fix);
+    }
+    out
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {

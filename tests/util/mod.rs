@@ -85,8 +85,16 @@ impl Harness {
     }
 
     fn write_config(&self) {
+        let mut files = self.setup.files.clone();
+        // Test binaries run many relays at once: each gets a free admin port of its own
+        // unless the test picked one (the default, 9464, would be taken by the first).
+        if !files.extra_toml.contains("[admin]") {
+            files
+                .extra_toml
+                .push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
         self.sim
-            .write_relay_config(self.dir.path(), &self.setup.files)
+            .write_relay_config(self.dir.path(), &files)
             .expect("configuration written");
     }
 

@@ -1,0 +1,544 @@
+//! `/metrics`: the relay's live status, rendered at scrape time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use relay_pipeline::{RelayStatus, SinkState};
+use relay_state::AuthState;
+
+use crate::exposition::{Exposition, MetricType};
+use crate::health::Expiry;
+
+/// Every series of one scrape. `credentials` is the credential watcher's latest result;
+/// `poll_intervals` the configured interval per tenant (for "quiet for N intervals").
+pub fn render(
+    status: &RelayStatus,
+    credentials: &[Expiry],
+    poll_intervals: &BTreeMap<String, Duration>,
+) -> String {
+    use MetricType::{Counter, Gauge};
+    let now = status.taken_at;
+    let mut e = Exposition::new();
+
+    e.family(
+        "xdr_relay_start_time_seconds",
+        Gauge,
+        "When the relay was built, Unix seconds.",
+    )
+    .sample(&[], unix(status.started_at));
+
+    // Per (tenant, stream). A tenant reads each stream through one feed, so the pair is
+    // unique and the feed name need not be a label.
+    {
+        let mut f = e.family(
+            "xdr_relay_polls_total",
+            Counter,
+            "Polls that ran, by outcome (success or failure); skipped polls are not counted.",
+        );
+        for x in &status.feeds {
+            let failed = x.errors.total();
+            let ok = x.polls.saturating_sub(failed);
+            let (t, s) = (x.tenant.as_str(), x.stream.as_str());
+            f.sample(
+                &[("tenant", t), ("stream", s), ("outcome", "success")],
+                ok as f64,
+            );
+            f.sample(
+                &[("tenant", t), ("stream", s), ("outcome", "failure")],
+                failed as f64,
+            );
+        }
+    }
+    {
+        let mut f = e.family(
+            "xdr_relay_poll_errors_total",
+            Counter,
+            "Failed polls by what the operator should make of them: transient (throttling \
+             incl. 429 quota exhausted, timeouts, 5xx; retried), needs_consent (grant or \
+             consent revoked), permanent (retrying will not help), state (state store failed).",
+        );
+        for x in &status.feeds {
+            let (t, s) = (x.tenant.as_str(), x.stream.as_str());
+            for (outcome, n) in [
+                ("transient", x.errors.transient),
+                ("needs_consent", x.errors.needs_consent),
+                ("permanent", x.errors.permanent),
+                ("state", x.errors.state),
+            ] {
+                f.sample(
+                    &[("tenant", t), ("stream", s), ("outcome", outcome)],
+                    n as f64,
+                );
+            }
+        }
+    }
+    {
+        let mut f = e.family(
+            "xdr_relay_polls_skipped_total",
+            Counter,
+            "Polls skipped, by reason: outbox_full (a sink the tenant routes to is at its \
+             outbox bound; nothing is dropped, polling resumes when it drains).",
+        );
+        for x in &status.feeds {
+            f.sample(
+                &[
+                    ("tenant", x.tenant.as_str()),
+                    ("stream", x.stream.as_str()),
+                    ("outcome", "outbox_full"),
+                ],
+                x.skipped_outbox_full as f64,
+            );
+        }
+    }
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_items_total",
+        Counter,
+        "New incident/alert versions committed to the outboxes.",
+        |x| Some(x.events as f64),
+    );
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_duplicate_items_total",
+        Counter,
+        "Versions the API returned again that were already delivered (overlap re-scan, page \
+         ties); dropped.",
+        |x| Some(x.duplicates_skipped as f64),
+    );
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_lag_seconds",
+        Gauge,
+        "How far behind the stream is: now minus the committed checkpoint (includes the \
+         configured availability lag). Absent until the first checkpoint.",
+        |x| x.lag.map(|d| d.as_secs_f64()),
+    );
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_last_poll_timestamp_seconds",
+        Gauge,
+        "When the last poll ended (success or failure), Unix seconds. Absent before the first.",
+        |x| x.last_poll.map(unix),
+    );
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_last_success_timestamp_seconds",
+        Gauge,
+        "When a poll last succeeded, Unix seconds. Absent before the first success.",
+        |x| x.last_success.map(unix),
+    );
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_poll_interval_seconds",
+        Gauge,
+        "The configured poll interval.",
+        |x| poll_intervals.get(&x.tenant).map(Duration::as_secs_f64),
+    );
+
+    {
+        let mut f = e.family(
+            "xdr_relay_auth_state",
+            Gauge,
+            "1 for the tenant's current sign-in state (ok, needs_consent, failing), 0 for the \
+             others; all 0 before the first token request.",
+        );
+        for t in &status.tenants {
+            let current = match &t.auth {
+                None => None,
+                Some(AuthState::Ok { .. }) => Some("ok"),
+                Some(AuthState::NeedsConsent { .. }) => Some("needs_consent"),
+                Some(AuthState::Failing { .. }) => Some("failing"),
+            };
+            for state in ["ok", "needs_consent", "failing"] {
+                f.sample(
+                    &[("tenant", t.name.as_str()), ("state", state)],
+                    if current == Some(state) { 1.0 } else { 0.0 },
+                );
+            }
+        }
+    }
+    {
+        let mut f = e.family(
+            "xdr_relay_credential_expiry_seconds",
+            Gauge,
+            "Seconds until the credential lapses (negative: lapsed): client_secret \
+             (auth.client_secret_expires), certificate (notAfter), refresh_token (last saved \
+             + 90 days of inactivity). Warnings start 14 days ahead.",
+        );
+        for x in credentials {
+            let left = (x.expires_at - now).num_milliseconds() as f64 / 1_000.0;
+            f.sample(
+                &[("tenant", x.tenant.as_str()), ("kind", x.kind.as_str())],
+                left,
+            );
+        }
+    }
+
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_sink_events_sent_total",
+        Counter,
+        "Events the destination acknowledged.",
+        |s| Some(s.sent as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_sink_failures_total",
+        Counter,
+        "Failed deliveries (each retried; a permanent one stops the sink until its long retry).",
+        |s| Some(s.failures as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_sink_undecodable_events_total",
+        Counter,
+        "Outbox rows that could not be decoded and were skipped (never expected).",
+        |s| Some(s.undecodable as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_outbox_events",
+        Gauge,
+        "Events waiting in the sink's durable outbox.",
+        |s| Some(s.outbox.rows as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_outbox_bytes",
+        Gauge,
+        "Payload bytes waiting in the sink's outbox.",
+        |s| Some(s.outbox.bytes as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_outbox_oldest_age_seconds",
+        Gauge,
+        "Age of the oldest event waiting in the outbox (the sink's delivery lag); 0 when empty.",
+        |s| {
+            Some(s.outbox.oldest_enqueued.map_or(0.0, |t| {
+                ((now - t).num_milliseconds().max(0) as f64) / 1_000.0
+            }))
+        },
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_outbox_full",
+        Gauge,
+        "1 while the outbox is at its bound and polling of the tenants routed to it is paused.",
+        |s| Some(if s.outbox.over_limit { 1.0 } else { 0.0 }),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_sink_last_delivery_timestamp_seconds",
+        Gauge,
+        "When the destination last acknowledged events, Unix seconds. Absent before the first.",
+        |s| s.last_delivery.map(unix),
+    );
+    {
+        let mut f = e.family(
+            "xdr_relay_sink_state",
+            Gauge,
+            "1 for where the sink worker stands (starting, idle, delivering, retrying, \
+             stopped, finished), 0 for the others.",
+        );
+        for s in &status.sinks {
+            for (state, name) in SINK_STATES {
+                f.sample(
+                    &[("sink", s.name.as_str()), ("state", name)],
+                    if s.state == state { 1.0 } else { 0.0 },
+                );
+            }
+        }
+    }
+    e.finish()
+}
+
+const SINK_STATES: [(SinkState, &str); 6] = [
+    (SinkState::Starting, "starting"),
+    (SinkState::Idle, "idle"),
+    (SinkState::Delivering, "delivering"),
+    (SinkState::Retrying, "retrying"),
+    (SinkState::Stopped, "stopped"),
+    (SinkState::Finished, "finished"),
+];
+
+fn unix(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1_000.0
+}
+
+/// One family with a `{tenant, stream}` sample per feed for which `value` is known.
+fn per_feed(
+    e: &mut Exposition,
+    status: &RelayStatus,
+    name: &'static str,
+    kind: MetricType,
+    help: &str,
+    value: impl Fn(&relay_pipeline::FeedStats) -> Option<f64>,
+) {
+    let mut f = e.family(name, kind, help);
+    for x in &status.feeds {
+        if let Some(v) = value(x) {
+            f.sample(
+                &[("tenant", x.tenant.as_str()), ("stream", x.stream.as_str())],
+                v,
+            );
+        }
+    }
+}
+
+/// One family with a `{sink}` sample per sink for which `value` is known.
+fn per_sink(
+    e: &mut Exposition,
+    status: &RelayStatus,
+    name: &'static str,
+    kind: MetricType,
+    help: &str,
+    value: impl Fn(&relay_pipeline::SinkStats) -> Option<f64>,
+) {
+    let mut f = e.family(name, kind, help);
+    for s in &status.sinks {
+        if let Some(v) = value(s) {
+            f.sample(&[("sink", s.name.as_str())], v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::CredentialKind;
+    use crate::test_support::{feed, sink, status, t};
+    use relay_pipeline::TenantStats;
+
+    #[test]
+    fn renders_every_family_literally() {
+        let mut s = status();
+        s.tenants = vec![TenantStats {
+            name: "contoso".into(),
+            tenant_id: "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b".into(),
+            auth: Some(AuthState::Ok {
+                since: t("2026-05-01T11:00:05Z"),
+            }),
+        }];
+        s.feeds = vec![feed("contoso", true)];
+        s.sinks = vec![sink("file")];
+        let credentials = [Expiry {
+            tenant: "contoso".into(),
+            kind: CredentialKind::Certificate,
+            expires_at: t("2026-05-04T12:00:00.5Z"),
+        }];
+        let intervals = BTreeMap::from([("contoso".to_string(), Duration::from_secs(60))]);
+        let text = render(&s, &credentials, &intervals);
+        assert_eq!(text, EXPECTED);
+    }
+
+    const EXPECTED: &str = r#"# HELP xdr_relay_start_time_seconds When the relay was built, Unix seconds.
+# TYPE xdr_relay_start_time_seconds gauge
+xdr_relay_start_time_seconds 1777633200
+# HELP xdr_relay_polls_total Polls that ran, by outcome (success or failure); skipped polls are not counted.
+# TYPE xdr_relay_polls_total counter
+xdr_relay_polls_total{tenant="contoso",stream="alerts",outcome="success"} 3
+xdr_relay_polls_total{tenant="contoso",stream="alerts",outcome="failure"} 1
+# HELP xdr_relay_poll_errors_total Failed polls by what the operator should make of them: transient (throttling incl. 429 quota exhausted, timeouts, 5xx; retried), needs_consent (grant or consent revoked), permanent (retrying will not help), state (state store failed).
+# TYPE xdr_relay_poll_errors_total counter
+xdr_relay_poll_errors_total{tenant="contoso",stream="alerts",outcome="transient"} 1
+xdr_relay_poll_errors_total{tenant="contoso",stream="alerts",outcome="needs_consent"} 0
+xdr_relay_poll_errors_total{tenant="contoso",stream="alerts",outcome="permanent"} 0
+xdr_relay_poll_errors_total{tenant="contoso",stream="alerts",outcome="state"} 0
+# HELP xdr_relay_polls_skipped_total Polls skipped, by reason: outbox_full (a sink the tenant routes to is at its outbox bound; nothing is dropped, polling resumes when it drains).
+# TYPE xdr_relay_polls_skipped_total counter
+xdr_relay_polls_skipped_total{tenant="contoso",stream="alerts",outcome="outbox_full"} 0
+# HELP xdr_relay_items_total New incident/alert versions committed to the outboxes.
+# TYPE xdr_relay_items_total counter
+xdr_relay_items_total{tenant="contoso",stream="alerts"} 17
+# HELP xdr_relay_duplicate_items_total Versions the API returned again that were already delivered (overlap re-scan, page ties); dropped.
+# TYPE xdr_relay_duplicate_items_total counter
+xdr_relay_duplicate_items_total{tenant="contoso",stream="alerts"} 2
+# HELP xdr_relay_lag_seconds How far behind the stream is: now minus the committed checkpoint (includes the configured availability lag). Absent until the first checkpoint.
+# TYPE xdr_relay_lag_seconds gauge
+xdr_relay_lag_seconds{tenant="contoso",stream="alerts"} 40
+# HELP xdr_relay_last_poll_timestamp_seconds When the last poll ended (success or failure), Unix seconds. Absent before the first.
+# TYPE xdr_relay_last_poll_timestamp_seconds gauge
+xdr_relay_last_poll_timestamp_seconds{tenant="contoso",stream="alerts"} 1777636790
+# HELP xdr_relay_last_success_timestamp_seconds When a poll last succeeded, Unix seconds. Absent before the first success.
+# TYPE xdr_relay_last_success_timestamp_seconds gauge
+xdr_relay_last_success_timestamp_seconds{tenant="contoso",stream="alerts"} 1777636790
+# HELP xdr_relay_poll_interval_seconds The configured poll interval.
+# TYPE xdr_relay_poll_interval_seconds gauge
+xdr_relay_poll_interval_seconds{tenant="contoso",stream="alerts"} 60
+# HELP xdr_relay_auth_state 1 for the tenant's current sign-in state (ok, needs_consent, failing), 0 for the others; all 0 before the first token request.
+# TYPE xdr_relay_auth_state gauge
+xdr_relay_auth_state{tenant="contoso",state="ok"} 1
+xdr_relay_auth_state{tenant="contoso",state="needs_consent"} 0
+xdr_relay_auth_state{tenant="contoso",state="failing"} 0
+# HELP xdr_relay_credential_expiry_seconds Seconds until the credential lapses (negative: lapsed): client_secret (auth.client_secret_expires), certificate (notAfter), refresh_token (last saved + 90 days of inactivity). Warnings start 14 days ahead.
+# TYPE xdr_relay_credential_expiry_seconds gauge
+xdr_relay_credential_expiry_seconds{tenant="contoso",kind="certificate"} 259200.5
+# HELP xdr_relay_sink_events_sent_total Events the destination acknowledged.
+# TYPE xdr_relay_sink_events_sent_total counter
+xdr_relay_sink_events_sent_total{sink="file"} 17
+# HELP xdr_relay_sink_failures_total Failed deliveries (each retried; a permanent one stops the sink until its long retry).
+# TYPE xdr_relay_sink_failures_total counter
+xdr_relay_sink_failures_total{sink="file"} 1
+# HELP xdr_relay_sink_undecodable_events_total Outbox rows that could not be decoded and were skipped (never expected).
+# TYPE xdr_relay_sink_undecodable_events_total counter
+xdr_relay_sink_undecodable_events_total{sink="file"} 0
+# HELP xdr_relay_outbox_events Events waiting in the sink's durable outbox.
+# TYPE xdr_relay_outbox_events gauge
+xdr_relay_outbox_events{sink="file"} 3
+# HELP xdr_relay_outbox_bytes Payload bytes waiting in the sink's outbox.
+# TYPE xdr_relay_outbox_bytes gauge
+xdr_relay_outbox_bytes{sink="file"} 4096
+# HELP xdr_relay_outbox_oldest_age_seconds Age of the oldest event waiting in the outbox (the sink's delivery lag); 0 when empty.
+# TYPE xdr_relay_outbox_oldest_age_seconds gauge
+xdr_relay_outbox_oldest_age_seconds{sink="file"} 90
+# HELP xdr_relay_outbox_full 1 while the outbox is at its bound and polling of the tenants routed to it is paused.
+# TYPE xdr_relay_outbox_full gauge
+xdr_relay_outbox_full{sink="file"} 0
+# HELP xdr_relay_sink_last_delivery_timestamp_seconds When the destination last acknowledged events, Unix seconds. Absent before the first.
+# TYPE xdr_relay_sink_last_delivery_timestamp_seconds gauge
+xdr_relay_sink_last_delivery_timestamp_seconds{sink="file"} 1777636795
+# HELP xdr_relay_sink_state 1 for where the sink worker stands (starting, idle, delivering, retrying, stopped, finished), 0 for the others.
+# TYPE xdr_relay_sink_state gauge
+xdr_relay_sink_state{sink="file",state="starting"} 0
+xdr_relay_sink_state{sink="file",state="idle"} 1
+xdr_relay_sink_state{sink="file",state="delivering"} 0
+xdr_relay_sink_state{sink="file",state="retrying"} 0
+xdr_relay_sink_state{sink="file",state="stopped"} 0
+xdr_relay_sink_state{sink="file",state="finished"} 0
+"#;
+
+    #[test]
+    fn unknown_values_are_left_out_and_auth_states_are_all_zero_before_the_first_token() {
+        let mut s = status();
+        s.tenants = vec![TenantStats {
+            name: "fabrikam".into(),
+            tenant_id: "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6c".into(),
+            auth: None,
+        }];
+        s.feeds = vec![feed("fabrikam", false)];
+        let mut idle = sink("file");
+        idle.outbox = relay_state::OutboxDepth::default();
+        idle.last_delivery = None;
+        s.sinks = vec![idle];
+        let text = render(&s, &[], &BTreeMap::new());
+        for absent in [
+            "xdr_relay_lag_seconds{",
+            "xdr_relay_last_poll_timestamp_seconds{",
+            "xdr_relay_last_success_timestamp_seconds{",
+            "xdr_relay_poll_interval_seconds{",
+            "xdr_relay_credential_expiry_seconds{",
+            "xdr_relay_sink_last_delivery_timestamp_seconds{",
+        ] {
+            assert!(!text.contains(absent), "{absent} in:\n{text}");
+        }
+        for present in [
+            "xdr_relay_auth_state{tenant=\"fabrikam\",state=\"ok\"} 0\n",
+            "xdr_relay_auth_state{tenant=\"fabrikam\",state=\"needs_consent\"} 0\n",
+            "xdr_relay_auth_state{tenant=\"fabrikam\",state=\"failing\"} 0\n",
+            "xdr_relay_polls_total{tenant=\"fabrikam\",stream=\"alerts\",outcome=\"success\"} 0\n",
+            "xdr_relay_outbox_oldest_age_seconds{sink=\"file\"} 0\n",
+        ] {
+            assert!(text.contains(present), "no {present} in:\n{text}");
+        }
+    }
+
+    /// Every string under `key` anywhere in `v`.
+    fn strings_under(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match x {
+                        serde_json::Value::String(s) if k == key => out.push(s.clone()),
+                        _ => strings_under(x, key, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings_under(x, key, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/grafana/xdr-relay.json"))
+                .expect("deploy/grafana/xdr-relay.json is JSON");
+        let mut s = status();
+        s.tenants = vec![TenantStats {
+            name: "contoso".into(),
+            tenant_id: "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b".into(),
+            auth: None,
+        }];
+        s.feeds = vec![feed("contoso", true)];
+        s.sinks = vec![sink("file")];
+        let text = render(&s, &[], &BTreeMap::new());
+        let families: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+
+        let mut exprs = Vec::new();
+        strings_under(&dashboard, "expr", &mut exprs);
+        strings_under(&dashboard, "definition", &mut exprs);
+        assert!(exprs.len() > 20, "{exprs:?}");
+        let mut used = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("xdr_relay_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                assert!(
+                    families.contains(name.as_str()),
+                    "{name} is not exported: {expr}"
+                );
+                used.insert(name);
+            }
+        }
+        for wanted in [
+            "xdr_relay_lag_seconds",
+            "xdr_relay_last_success_timestamp_seconds",
+            "xdr_relay_poll_interval_seconds",
+            "xdr_relay_poll_errors_total",
+            "xdr_relay_outbox_events",
+            "xdr_relay_outbox_oldest_age_seconds",
+            "xdr_relay_credential_expiry_seconds",
+        ] {
+            assert!(
+                used.contains(wanted),
+                "the dashboard does not show {wanted}"
+            );
+        }
+
+        // Every query goes to the datasource the viewer picks.
+        let vars = dashboard["templating"]["list"].as_array().unwrap();
+        assert!(vars.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"));
+        let mut uids = Vec::new();
+        strings_under(&dashboard["panels"], "uid", &mut uids);
+        assert!(
+            !uids.is_empty() && uids.iter().all(|u| u == "${datasource}"),
+            "{uids:?}"
+        );
+    }
+}
