@@ -3,8 +3,9 @@
 //! `devices` and flat `entities`), the Defender for Endpoint alert (flat `evidence`), and
 //! the Graph incident and `alerts_v2` alert (camelCase enums, polymorphic `evidence`).
 //!
-//! Key order and null-versus-absent follow the sample payloads in `shared/samples`, so a
-//! client that works against the simulator sees what it will see in production.
+//! Key order and null-versus-absent follow the sample payloads in `shared/samples` (copied
+//! into `testdata/`), so a client that works against the simulator sees what it will see
+//! in production.
 
 use crate::odata::{Field, Record, Tick};
 use bytes::Bytes;
@@ -1554,10 +1555,9 @@ mod tests {
     }
 
     fn sample(name: &str) -> String {
-        let path = format!(
-            "{}/../../../shared/samples/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        // Copies of shared/samples (Microsoft documentation payloads), so the crate's tests
+        // do not depend on a folder outside the repository.
+        let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read_to_string(path).unwrap()
     }
 
