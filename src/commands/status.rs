@@ -56,10 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(doc) = doc.as_object_mut() {
             doc.insert("credentials".into(), serde_json::to_value(&credentials)?);
         }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
     } else {
-        print!("{}", render(&config, &snapshot, now));
-        print!("{}", render_credentials(&config, &credentials, now));
+        emit(&render(&config, &snapshot, now));
+        emit(&render_credentials(&config, &credentials, now));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -268,4 +268,10 @@ fn render(config: &relay_config::Config, s: &StatusSnapshot, now: DateTime<Utc>)
         );
     }
     out
+}
+
+/// Writes to stdout, ignoring a closed pipe (`xdr-relay status | head` must not panic).
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
