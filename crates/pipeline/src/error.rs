@@ -62,15 +62,6 @@ pub enum PipelineError {
         sink: String,
     },
 
-    /// A sink of a type this build cannot deliver to yet.
-    #[error("sink {sink}: sink type {kind} not supported yet (supported: file)")]
-    UnsupportedSink {
-        /// The sink's configured name.
-        sink: String,
-        /// Its `type`.
-        kind: &'static str,
-    },
-
     /// A sink's configuration was refused by the sink itself.
     #[error(transparent)]
     Sink(Box<SinkError>),
@@ -151,18 +142,5 @@ mod tests {
     #[test]
     fn chain_joins_sources() {
         assert_eq!(chain(&Outer(Inner)), "outer: inner");
-    }
-
-    #[test]
-    fn unsupported_sink_names_sink_and_type() {
-        let e = PipelineError::UnsupportedSink {
-            sink: "splunk".into(),
-            kind: "splunk_hec",
-        };
-        assert_eq!(
-            e.to_string(),
-            "sink splunk: sink type splunk_hec not supported yet (supported: file)"
-        );
-        assert!(!e.is_transient());
     }
 }

@@ -9,7 +9,6 @@
 //! * Formatting is pure and separate from I/O: [`jsonl`] (the file sink's records),
 //!   [`hec`] (Splunk HEC envelopes), [`cef`] (ArcSight CEF lines). Transports move bytes.
 //! * [`mod@file`] is the file sink (JSON lines, fsync per batch, rotation, crash recovery).
-//!   Splunk HEC, syslog and Kafka transports come next, on the formatters that exist here.
 //! * [`splunk_hec`] is the Splunk HTTP Event Collector sink (batches of envelopes, gzip,
 //!   indexer acknowledgement, TLS); with feature `test-support` it also offers a strict HEC
 //!   receiver for tests.

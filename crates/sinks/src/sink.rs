@@ -70,9 +70,6 @@ pub trait Sink {
 
 /// Every sink the relay can deliver to, built from configuration. A closed set dispatched by
 /// `match`: adding a sink means adding a variant here and a module beside `file`.
-///
-/// Splunk HEC, syslog (CEF) and Kafka join in the next slice; their pure formatters
-/// ([`crate::hec`], [`crate::cef`]) exist already.
 // Built once per configured sink and held for the process's life: the size difference
 // between variants costs nothing, boxing would cost an indirection per call.
 #[allow(clippy::large_enum_variant)]
