@@ -23,6 +23,8 @@ const CS_MAX: usize = 4000;
 const FLEX_MAX: usize = 1023;
 const FLEX_LABEL_MAX: usize = 128;
 const EXTERNAL_ID_MAX: usize = 40;
+/// `deviceExternalId` holds 255 characters (a tenant GUID has 36).
+const DEVICE_EXTERNAL_ID_MAX: usize = 255;
 
 pub(super) fn encode(event: &Event, opts: &CefOptions, out: &mut String) {
     // `raw` is valid JSON by construction; a document that is not an object just maps to
@@ -222,6 +224,9 @@ fn common_tail(ext: &mut Extension<'_>, event: &Event, doc: &Value, portal_url: 
         "Status",
         &text(doc, "status").unwrap_or_default(),
     );
+    // The customer tenant: one ArcSight receives every customer of the MSSP, and analysts
+    // and ArcSight's customer assignment need to know whose event this is.
+    ext.text("deviceExternalId", DEVICE_EXTERNAL_ID_MAX, &event.tenant_id);
     ext.text("deviceCustomDate1Label", super::LABEL_MAX, "LastUpdateTime");
     ext.number("deviceCustomDate1", event.version_time.timestamp_millis());
     ext.text(

@@ -24,7 +24,7 @@ fn graph_alert_sample_maps_to_the_expected_line() {
             r"cs2Label=IncidentId cs2=23 cs3Label=MitreTechniques cs3=T1059.001 ",
             r"cs6Label=Sha256 cs6=d783ba6567faf10fdff2d0ea3864f6756862d6c733c7f4467283da81aedc3a80 ",
             r"flexString1Label=PortalUrl flexString1=https://security.microsoft.com/alerts/daefa1828b-dd4e-405c-8a3b-aa28596830dd_1?tid\=3adb963c-8e61-48e8-a06d-6dbb0dacea39 ",
-            r"flexString2Label=Status flexString2=new deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1697795647503 ",
+            r"flexString2Label=Status flexString2=new deviceExternalId=3adb963c-8e61-48e8-a06d-6dbb0dacea39 deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1697795647503 ",
             r"msg=A suspicious PowerShell activity was observed on the machine. \nThis behavior may indicate that PowerShell was used during installation, exploration, or in some cases in lateral movement activities which are used by attackers to invoke modules, download external payloads, or get more information about the system. Attackers usually use PowerShell to bypass security protection mechanisms by executing their payload in memory without touching the disk and leaving any trace."
         )
     );
@@ -42,7 +42,7 @@ fn graph_alert_with_file_evidence_prefers_it_and_falls_back_to_the_process_user(
             r"cs2Label=IncidentId cs2=28282 cs3Label=MitreTechniques cs3=T1564.001 ",
             r"cs6Label=Sha256 cs6=8963a19fb992ad9a76576c5638fd68292cffb9aaac29eb8285f9abf6196a7dec ",
             r"flexString1Label=PortalUrl flexString1=https://security.microsoft.com/alerts/da637551227677560813_-961444813?tid\=b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c ",
-            r"flexString2Label=Status flexString2=new deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1619965141326 ",
+            r"flexString2Label=Status flexString2=new deviceExternalId=3adb963c-8e61-48e8-a06d-6dbb0dacea39 deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1619965141326 ",
             r"msg=A hidden file has been launched. This activity could indicate a compromised host. Attackers often hide files associated with malicious tools to evade file system inspection and defenses."
         )
     );
@@ -60,7 +60,7 @@ fn mde_alert_sample_keeps_the_legacy_product_and_keys() {
             r"fname=suspicious.dll filePath=c:\\temp fileHash=8563f95b2f8a284fc99da44500cd51a77c1ff36c ",
             r"cs2Label=IncidentId cs2=1126093 cs3Label=MitreTechniques cs3=T1064,T1085,T1220 ",
             r"cs6Label=Sha256 cs6=dc0ade0c95d6db98882bc8fa6707e64353cd6f7767ff48d6a81a6c2aef21c608 ",
-            r"flexString2Label=Status flexString2=New deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1611693239200 ",
+            r"flexString2Label=Status flexString2=New deviceExternalId=3adb963c-8e61-48e8-a06d-6dbb0dacea39 deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1611693239200 ",
             r"msg=Binaries signed by Microsoft can be used to run low-reputation arbitrary code. This technique hides the execution of malicious code within a trusted process. As a result, the trusted process might exhibit suspicious behaviors, such as opening a listening port or connecting to a command-and-control (C&C) server."
         )
     );
@@ -76,7 +76,7 @@ fn graph_incident_sample_maps_triage_fields() {
             r"cs3Label=Tags cs3=Demo,Defender Experts cs4Label=AssignedTo cs4=KaiC@contoso.onmicrosoft.com ",
             r"cs5Label=Determination cs5=multiStagedAttack cn1Label=AlertCount cn1=1 ",
             r"flexString1Label=PortalUrl flexString1=https://security.microsoft.com/incidents/2972395?tid\=12f988bf-16f1-11af-11ab-1d7cd011db47 ",
-            r"flexString2Label=Status flexString2=active deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1632994545113 ",
+            r"flexString2Label=Status flexString2=active deviceExternalId=3adb963c-8e61-48e8-a06d-6dbb0dacea39 deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1632994545113 ",
             r"msg=Microsoft observed Raspberry Robin worm activity spreading through infected USB on multiple devices in your environment. From available intel, these infections could be a potential precursor activity to ransomware deployment. ..."
         )
     );
@@ -90,7 +90,7 @@ fn m365d_incident_sample_maps_triage_fields() {
             r"CEF:0|Microsoft|Microsoft Defender XDR|2.0|incident|'Mimikatz' hacktool was detected on one endpoint|3|",
             r"rt=1599394683626 externalId=924521 cs1Label=Classification cs1=Unknown cs2Label=IncidentId cs2=924521 ",
             r"cs5Label=Determination cs5=NotAvailable cn1Label=AlertCount cn1=1 flexString2Label=Status flexString2=Active ",
-            r"deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1599394683810"
+            r"deviceExternalId=3adb963c-8e61-48e8-a06d-6dbb0dacea39 deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1599394683810"
         )
     );
 }
@@ -237,7 +237,7 @@ fn a_document_that_is_not_an_object_still_gives_a_valid_line() {
         l,
         "CEF:0|Microsoft|Microsoft Defender XDR|2.0|alert|Defender alert|5|\
          externalId=daefa1828b-dd4e-405c-8a3b-aa28596830dd_1 \
-         deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1697795647503"
+         deviceExternalId=3adb963c-8e61-48e8-a06d-6dbb0dacea39 deviceCustomDate1Label=LastUpdateTime deviceCustomDate1=1697795647503"
     );
 }
 
@@ -257,6 +257,7 @@ const DICTIONARY: &[(&str, usize)] = &[
     ("start", usize::MAX),
     ("end", usize::MAX),
     ("externalId", 40),
+    ("deviceExternalId", 255),
     ("cat", 1023),
     ("sourceServiceName", 1023),
     ("shost", 1023),
