@@ -20,6 +20,15 @@ use crate::types::{
 };
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// The page size of state files created from now on. An outbox row is an event of
+/// typically 2–15 KB; with SQLite's default 4 KiB pages each spills into a chain of
+/// overflow pages, written to the WAL, checkpointed and read back one 4 KiB page at a
+/// time. At 16 KiB such a row sits whole in its leaf page and a commit of 1,000 of them
+/// takes a quarter of the page writes. Measured with `cargo bench -p relay-state --bench
+/// outbox` (6.4 KB alerts): append about 25 % less CPU, reads 15 % less, acks within the
+/// noise (deleting whole cells makes SQLite rebalance leaves, which overflow pages avoid);
+/// the same bytes reach the disk. 8 KiB measured between 4 and 16.
+const NEW_FILE_PAGE_SIZE: i64 = 16 * 1024;
 const KEY_CHECK_NAME: &str = "key_check";
 const KEY_CHECK_AAD: &[u8] = b"xdr-relay state key check";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"xdr-relay state key check v1";
@@ -73,8 +82,13 @@ impl StateStore {
         let mut writer = open_connection(&path, OpenFlags::SQLITE_OPEN_READ_WRITE, &options)?;
         // Refuse a foreign file before anything (even the journal mode) is written to it.
         if schema::identify(&writer, &path)? == Identity::Fresh {
-            // Only settable before the first table exists; it lets `ack` give the space of
-            // a drained backlog back to the filesystem (see `reclaim_space`).
+            // Both only settable before the first table exists, and the page size only
+            // before auto_vacuum. Existing files keep the page size they were made with.
+            writer
+                .pragma_update(None, "page_size", NEW_FILE_PAGE_SIZE)
+                .map_err(|e| StateError::sqlite(&path, "configuring the connection", e))?;
+            // It lets `ack` give the space of a drained backlog back to the filesystem
+            // (see `reclaim_space`).
             writer
                 .pragma_update(None, "auto_vacuum", "INCREMENTAL")
                 .map_err(|e| StateError::sqlite(&path, "configuring the connection", e))?;
@@ -202,7 +216,7 @@ impl StateStore {
 
         // Sink ids are looked up inside the transaction and not cached across calls: a
         // sink row created by a transaction that then rolls back must not be remembered.
-        let mut sink_ids: Vec<(&str, i64)> = Vec::new();
+        let mut appended: Vec<Appended<'_>> = Vec::new();
         {
             let mut append = tx
                 .prepare_cached(
@@ -211,23 +225,26 @@ impl StateStore {
                 )
                 .map_err(sql)?;
             for (sink, payload) in commit.outbox {
-                let sink_id = match sink_ids.iter().find(|(name, _)| name == sink) {
-                    Some((_, id)) => *id,
+                let index = match appended.iter().position(|a| a.sink == *sink) {
+                    Some(index) => index,
                     None => {
-                        let id = ensure_sink(&tx, sink).map_err(sql)?;
-                        sink_ids.push((sink, id));
-                        id
+                        let sink_id = ensure_sink(&tx, sink).map_err(sql)?;
+                        appended.push(Appended {
+                            sink,
+                            sink_id,
+                            rows: 0,
+                            bytes: 0,
+                        });
+                        appended.len() - 1
                     }
                 };
+                let entry = &mut appended[index];
+                let bytes = len_i64(payload.len());
                 append
-                    .execute(params![
-                        sink_id,
-                        commit.tenant,
-                        now,
-                        len_i64(payload.len()),
-                        payload
-                    ])
+                    .execute(params![entry.sink_id, commit.tenant, now, bytes, payload])
                     .map_err(sql)?;
+                entry.rows += 1;
+                entry.bytes = entry.bytes.saturating_add(bytes);
             }
         }
         {
@@ -283,10 +300,10 @@ impl StateStore {
         .map_err(sql)?;
 
         let mut sinks_over_limit = Vec::new();
-        for (sink, sink_id) in &sink_ids {
-            let (rows, bytes) = sink_depth(&tx, *sink_id).map_err(sql)?;
-            if self.options.limit_for(sink).reached_by(rows, bytes) {
-                sinks_over_limit.push((*sink).to_owned());
+        for a in &appended {
+            let (rows, bytes) = add_depth(&tx, a.sink_id, a.rows, a.bytes).map_err(sql)?;
+            if self.options.limit_for(a.sink).reached_by(rows, bytes) {
+                sinks_over_limit.push(a.sink.to_owned());
             }
         }
         tx.commit().map_err(sql)?;
@@ -433,8 +450,15 @@ impl StateStore {
     pub fn ack(&self, sink: &str, up_to_seq: i64) -> Result<u64> {
         const OP: &str = "ack";
         self.delete_acked(OP, sink, |tx, sink_id| {
-            tx.prepare_cached("DELETE FROM outbox WHERE sink_id = ?1 AND seq <= ?2")?
-                .execute(params![sink_id, up_to_seq])
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM outbox WHERE sink_id = ?1 AND seq <= ?2 RETURNING bytes",
+            )?;
+            let mut deleted = Deleted::default();
+            let mut rows = stmt.query(params![sink_id, up_to_seq])?;
+            while let Some(row) = rows.next()? {
+                deleted.add(row.get(0)?);
+            }
+            Ok(deleted)
         })
     }
 
@@ -444,11 +468,17 @@ impl StateStore {
     pub fn ack_rows(&self, sink: &str, seqs: &[i64]) -> Result<u64> {
         const OP: &str = "ack_rows";
         self.delete_acked(OP, sink, |tx, sink_id| {
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM outbox WHERE sink_id = ?1 AND seq = ?2")?;
-            let mut deleted = 0;
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM outbox WHERE sink_id = ?1 AND seq = ?2 RETURNING bytes",
+            )?;
+            let mut deleted = Deleted::default();
             for seq in seqs {
-                deleted += stmt.execute(params![sink_id, seq])?;
+                if let Some(bytes) = stmt
+                    .query_row(params![sink_id, seq], |row| row.get(0))
+                    .optional()?
+                {
+                    deleted.add(bytes);
+                }
             }
             Ok(deleted)
         })
@@ -458,7 +488,7 @@ impl StateStore {
         &self,
         op: &'static str,
         sink: &str,
-        delete: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<usize>,
+        delete: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<Deleted>,
     ) -> Result<u64> {
         let now = to_ticks(Utc::now())?;
         let sql = |e| StateError::sqlite(&self.path, op, e);
@@ -470,19 +500,25 @@ impl StateStore {
             return Ok(0);
         };
         let deleted = delete(&tx, sink_id).map_err(sql)?;
-        if deleted > 0 {
-            tx.execute(
-                "UPDATE sinks SET last_delivery_ticks = ?2 WHERE sink_id = ?1",
-                params![sink_id, now],
-            )
-            .map_err(sql)?;
+        let mut emptied = false;
+        if deleted.rows > 0 {
+            let (rows, _) = tx
+                .prepare_cached(
+                    "UPDATE sinks SET depth_rows = depth_rows - ?2, depth_bytes = depth_bytes - ?3,
+                                      last_delivery_ticks = ?4
+                     WHERE sink_id = ?1 RETURNING depth_rows, depth_bytes",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![sink_id, deleted.rows, deleted.bytes, now], depth_of)
+                })
+                .map_err(sql)?;
+            emptied = rows == 0;
         }
-        let emptied = deleted > 0 && sink_depth(&tx, sink_id).map_err(sql)?.0 == 0;
         tx.commit().map_err(sql)?;
         if emptied {
             reclaim_space(&conn, &self.path);
         }
-        Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
+        Ok(u64::try_from(deleted.rows).unwrap_or(u64::MAX))
     }
 
     /// How much `sink`'s outbox holds; zero for a sink that never had a row.
@@ -966,11 +1002,11 @@ fn check_key(conn: &Connection, path: &Path, sealer: &Sealer, may_write: bool) -
     }
 }
 
-/// Free pages below which `reclaim_space` leaves the file alone (4 MiB of 4 KiB pages).
-const RECLAIM_MIN_FREE_PAGES: i64 = 1024;
-/// At most 16384 pages (64 MiB) given back per call, bounding the time one `ack` takes;
-/// the next ack that empties an outbox goes on.
-const RECLAIM_PRAGMA: &str = "PRAGMA incremental_vacuum(16384)";
+/// Free space below which `reclaim_space` leaves the file alone (4 MiB).
+const RECLAIM_MIN_FREE_BYTES: i64 = 4 << 20;
+/// At most 64 MiB given back per call, bounding the time one `ack` takes; the next ack
+/// that empties an outbox goes on.
+const RECLAIM_STEP_BYTES: i64 = 64 << 20;
 
 /// Gives the space of a drained backlog back to the filesystem. After a sink outage the
 /// outbox may have grown to gigabytes; once delivered, those pages sit free in the file.
@@ -983,20 +1019,27 @@ const RECLAIM_PRAGMA: &str = "PRAGMA incremental_vacuum(16384)";
 /// this does nothing. Best effort: the ack is already committed, a failure is logged.
 fn reclaim_space(conn: &Connection, path: &Path) {
     let pages = |pragma: &str| conn.query_row(pragma, [], |row| row.get::<_, i64>(0));
-    let (free, total) = match (pages("PRAGMA freelist_count"), pages("PRAGMA page_count")) {
-        (Ok(free), Ok(total)) => (free, total),
-        (Err(error), _) | (_, Err(error)) => {
+    // Files keep the page size they were created with (4 KiB before NEW_FILE_PAGE_SIZE).
+    let counts = (
+        pages("PRAGMA freelist_count"),
+        pages("PRAGMA page_count"),
+        pages("PRAGMA page_size"),
+    );
+    let (free, total, page_size) = match counts {
+        (Ok(free), Ok(total), Ok(size)) => (free, total, size.max(512)),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             tracing::debug!(path = %path.display(), %error, "cannot read free page count");
             return;
         }
     };
-    if free < RECLAIM_MIN_FREE_PAGES || free * 2 < total {
+    if free * page_size < RECLAIM_MIN_FREE_BYTES || free * 2 < total {
         return;
     }
     // Stepped to the end by hand: rusqlite's execute_batch steps a statement only once.
     // A file whose auto_vacuum is off ignores the pragma.
     let vacuum = || -> rusqlite::Result<()> {
-        let mut stmt = conn.prepare_cached(RECLAIM_PRAGMA)?;
+        let step = RECLAIM_STEP_BYTES / page_size;
+        let mut stmt = conn.prepare_cached(&format!("PRAGMA incremental_vacuum({step})"))?;
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
         Ok(())
@@ -1024,10 +1067,44 @@ fn sink_id(tx: &rusqlite::Transaction<'_>, sink: &str) -> rusqlite::Result<Optio
         .optional()
 }
 
-fn sink_depth(tx: &rusqlite::Transaction<'_>, sink_id: i64) -> rusqlite::Result<(u64, u64)> {
-    let (rows, bytes): (i64, i64) = tx
-        .prepare_cached("SELECT depth_rows, depth_bytes FROM sinks WHERE sink_id = ?1")?
-        .query_row(params![sink_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+/// One sink's rows appended by a `commit_poll`, added to its depth once at the end.
+struct Appended<'a> {
+    sink: &'a str,
+    sink_id: i64,
+    rows: i64,
+    bytes: i64,
+}
+
+/// What an ack deleted, subtracted from the sink's depth in the same transaction.
+#[derive(Default)]
+struct Deleted {
+    rows: i64,
+    bytes: i64,
+}
+
+impl Deleted {
+    fn add(&mut self, bytes: i64) {
+        self.rows += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+}
+
+/// Adds to a sink's depth (schema V2 keeps it in code, see schema.rs) and returns the new one.
+fn add_depth(
+    tx: &rusqlite::Transaction<'_>,
+    sink_id: i64,
+    rows: i64,
+    bytes: i64,
+) -> rusqlite::Result<(u64, u64)> {
+    tx.prepare_cached(
+        "UPDATE sinks SET depth_rows = depth_rows + ?2, depth_bytes = depth_bytes + ?3
+         WHERE sink_id = ?1 RETURNING depth_rows, depth_bytes",
+    )?
+    .query_row(params![sink_id, rows, bytes], depth_of)
+}
+
+fn depth_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, u64)> {
+    let (rows, bytes): (i64, i64) = (row.get(0)?, row.get(1)?);
     Ok((
         u64::try_from(rows).unwrap_or(0),
         u64::try_from(bytes).unwrap_or(0),

@@ -1305,3 +1305,265 @@ fn drained_backlog_gives_its_space_back() {
         "file still {drained} bytes after draining {full}"
     );
 }
+
+/// Writes a state file as a V1 build left it: the V1 schema with its depth triggers, a
+/// backlog for two sinks of which some rows were acknowledged, all through plain SQL the
+/// way that build's statements ran. Returns the queued payloads per sink.
+fn write_v1_file(path: &Path) -> Vec<(String, Vec<Vec<u8>>)> {
+    let mut raw = Connection::open(path).unwrap();
+    raw.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .unwrap();
+    raw.pragma_update(None, "journal_mode", "WAL").unwrap();
+    let tx = raw.transaction().unwrap();
+    tx.execute_batch(schema::MIGRATIONS[0]).unwrap();
+    tx.pragma_update(None, "user_version", 1).unwrap();
+    tx.pragma_update(None, "application_id", schema::APPLICATION_ID)
+        .unwrap();
+    tx.commit().unwrap();
+
+    let document = |i: usize| -> Vec<u8> {
+        format!(
+            r#"{{"tenant_id":"b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c","id":"da63755122767756{i:04}","raw":{{"title":"Suspicious execution of hidden file","padding":"{}"}}}}"#,
+            "evidence ".repeat(i * 40)
+        )
+        .into_bytes()
+    };
+    let mut queued = Vec::new();
+    for (sink_id, sink) in [(1, "splunk"), (2, "kafka")] {
+        raw.execute(
+            "INSERT INTO sinks (sink_id, name) VALUES (?1, ?2)",
+            params![sink_id, sink],
+        )
+        .unwrap();
+        let mut payloads = Vec::new();
+        for i in 0..8 {
+            let payload = document(i);
+            raw.execute(
+                "INSERT INTO outbox (sink_id, tenant, enqueued_ticks, bytes, payload)
+                 VALUES (?1, 'contoso', ?2, ?3, ?4)",
+                params![
+                    sink_id,
+                    to_ticks(secs(i as i64)).unwrap(),
+                    payload.len() as i64,
+                    payload
+                ],
+            )
+            .unwrap();
+            payloads.push(payload);
+        }
+        queued.push((sink.to_owned(), payloads));
+    }
+    // An ack of splunk's first three rows, through the V1 delete trigger.
+    raw.execute("DELETE FROM outbox WHERE sink_id = 1 AND seq <= 3", [])
+        .unwrap();
+    queued[0].1.drain(..3);
+    let (rows, bytes): (i64, i64) = raw
+        .query_row(
+            "SELECT depth_rows, depth_bytes FROM sinks WHERE name = 'splunk'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (rows as usize, bytes as usize),
+        (5, queued[0].1.iter().map(Vec::len).sum()),
+        "V1 triggers did not keep the depth"
+    );
+    queued
+}
+
+/// What the outbox holds per sink, counted from the rows themselves.
+fn counted_depth(path: &Path, sink: &str) -> (u64, u64) {
+    let raw = Connection::open(path).unwrap();
+    raw.query_row(
+        "SELECT count(*), coalesce(sum(o.bytes), 0) FROM outbox o JOIN sinks s USING (sink_id)
+         WHERE s.name = ?1",
+        params![sink],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .unwrap()
+}
+
+fn page_size(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn new_files_get_large_pages_so_an_event_fits_its_leaf() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    let event = vec![b'e'; 12_000];
+    commit(&store, None, &[], &[("splunk", event.as_slice())]).unwrap();
+    store.close().unwrap();
+    assert_eq!(page_size(&path), NEW_FILE_PAGE_SIZE);
+    // Schema (page 1), sinks, outbox and its index, seen, feeds, meta, tenant_auth: one
+    // page each, and no overflow page for the 12 KB row.
+    let raw = Connection::open(&path).unwrap();
+    let overflow: i64 = raw
+        .query_row(
+            "SELECT count(*) FROM dbstat WHERE name = 'outbox' AND pagetype = 'overflow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(overflow, 0);
+    // An empty file given to the daemon is new too.
+    let (_dir, empty) = temp_path();
+    fs::write(&empty, b"").unwrap();
+    open(&empty, None).close().unwrap();
+    assert_eq!(page_size(&empty), NEW_FILE_PAGE_SIZE);
+}
+
+fn triggers(path: &Path) -> Vec<String> {
+    let raw = Connection::open(path).unwrap();
+    let mut stmt = raw
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name")
+        .unwrap();
+    let names = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .unwrap();
+    names
+}
+
+#[test]
+fn v1_file_with_queued_rows_migrates_to_v2() {
+    let (_dir, path) = temp_path();
+    let queued = write_v1_file(&path);
+    assert_eq!(triggers(&path), ["outbox_depth_ack", "outbox_depth_append"]);
+
+    // A read-only open does not migrate.
+    let err = StateStore::open_read_only(&path, None, StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, StateError::OlderSchema { found: 1, .. }),
+        "{err}"
+    );
+
+    let store = open(&path, None);
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::LATEST);
+    assert!(triggers(&path).is_empty(), "{:?}", triggers(&path));
+    assert_eq!(
+        page_size(&path),
+        4096,
+        "an existing file keeps its page size"
+    );
+
+    // Every queued V1 row reads back as it was appended, with the depth the triggers kept.
+    let mut last_seq = 0;
+    for (sink, payloads) in &queued {
+        let rows = drain(&store, sink);
+        let read: Vec<Vec<u8>> = rows.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(&read, payloads, "sink {sink}");
+        let depth = store.depth(sink).unwrap();
+        assert_eq!(
+            (depth.rows, depth.bytes),
+            counted_depth(&path, sink),
+            "sink {sink}"
+        );
+        assert_eq!(depth.oldest_enqueued, Some(rows[0].enqueued_at));
+        last_seq = last_seq.max(rows.last().unwrap().seq);
+    }
+
+    // New rows go after the V1 ones (the AUTOINCREMENT counter carried over) and are
+    // counted in code now.
+    let big = "{\"raw\":\"".to_owned() + &"new alert ".repeat(300) + "\"}";
+    commit(
+        &store,
+        None,
+        &[],
+        &[("splunk", big.as_bytes()), ("kafka", b"{}")],
+    )
+    .unwrap();
+    let splunk = drain(&store, "splunk");
+    assert!(splunk.last().unwrap().seq > last_seq);
+    assert_eq!(splunk.last().unwrap().payload, big.as_bytes());
+    store.ack("splunk", splunk[2].seq).unwrap();
+    let kafka = drain(&store, "kafka");
+    store
+        .ack_rows("kafka", &[kafka[0].seq, kafka[7].seq])
+        .unwrap();
+    for sink in ["splunk", "kafka"] {
+        let depth = store.depth(sink).unwrap();
+        assert_eq!(
+            (depth.rows, depth.bytes),
+            counted_depth(&path, sink),
+            "{sink}"
+        );
+    }
+    assert_eq!(store.depth("splunk").unwrap().rows, 3);
+    assert_eq!(store.depth("kafka").unwrap().rows, 7);
+    store.close().unwrap();
+
+    // Migrated once: a reopen finds the latest version and a read-only open works.
+    open(&path, None).close().unwrap();
+    let reader = StateStore::open_read_only(&path, None, StoreOptions::default()).unwrap();
+    assert_eq!(reader.depth("kafka").unwrap().rows, 7);
+}
+
+#[derive(Debug, Clone)]
+enum OutboxOp {
+    Append(Vec<(u8, usize)>),
+    Ack(u8, usize),
+    AckRows(u8, Vec<usize>),
+}
+
+fn outbox_op() -> impl proptest::strategy::Strategy<Value = OutboxOp> {
+    use proptest::prelude::*;
+    let sink = 0u8..3;
+    prop_oneof![
+        3 => proptest::collection::vec((sink.clone(), 0usize..3000), 0..12).prop_map(OutboxOp::Append),
+        1 => (sink.clone(), 0usize..12).prop_map(|(s, n)| OutboxOp::Ack(s, n)),
+        1 => (sink, proptest::collection::vec(0usize..12, 0..5)).prop_map(|(s, i)| OutboxOp::AckRows(s, i)),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Without triggers, the depth kept in code always equals what the rows add up to,
+    /// whatever mix of appends, prefix acks and single-row acks ran.
+    #[test]
+    fn depth_kept_in_code_matches_the_rows(ops in proptest::collection::vec(outbox_op(), 1..12)) {
+        const SINKS: [&str; 3] = ["splunk", "kafka", "arcsight"];
+        let (_dir, path) = temp_path();
+        let store = open(&path, None);
+        let payload = |n: usize| -> Vec<u8> {
+            (0..n).map(|i| b"{\"id\":\"0123456789abcdef\"}"[i % 24]).collect()
+        };
+        for op in ops {
+            match op {
+                OutboxOp::Append(rows) => {
+                    let bodies: Vec<(usize, Vec<u8>)> =
+                        rows.iter().map(|&(s, n)| (s as usize, payload(n))).collect();
+                    let outbox: Vec<(&str, &[u8])> =
+                        bodies.iter().map(|(s, p)| (SINKS[*s], p.as_slice())).collect();
+                    commit(&store, None, &[], &outbox).unwrap();
+                }
+                OutboxOp::Ack(s, n) => {
+                    let rows = drain(&store, SINKS[s as usize]);
+                    if let Some(row) = rows.get(n) {
+                        store.ack(SINKS[s as usize], row.seq).unwrap();
+                    }
+                }
+                OutboxOp::AckRows(s, picks) => {
+                    let rows = drain(&store, SINKS[s as usize]);
+                    let seqs: Vec<i64> =
+                        picks.iter().filter_map(|&i| rows.get(i).map(|r| r.seq)).collect();
+                    store.ack_rows(SINKS[s as usize], &seqs).unwrap();
+                }
+            }
+            for sink in SINKS {
+                let depth = store.depth(sink).unwrap();
+                proptest::prop_assert_eq!((depth.rows, depth.bytes), counted_depth(&path, sink));
+            }
+        }
+    }
+}
