@@ -290,6 +290,8 @@ mod tests {
             lag: None,
             skipped_outbox_full: skipped,
             paused_by_sink: None,
+            throttled: 0,
+            throttled_wait: Duration::ZERO,
         }
     }
 
@@ -300,6 +302,7 @@ mod tests {
                 name: f.tenant.clone(),
                 tenant_id: format!("id-{}", f.tenant),
                 auth: None,
+                token_refreshes: Vec::new(),
             })
             .collect();
         tenants.dedup_by(|a, b| a.name == b.name);

@@ -1,7 +1,8 @@
 //! End-to-end tests of the admin endpoint: the real `xdr-relay run` against the simulator,
 //! scraped over HTTP, its `/metrics` parsed line by line; the credential warnings of a
 //! certificate tenant whose certificate lapses in a few days, in the metrics, the log and
-//! `xdr-relay status`; a taken admin port refusing the start.
+//! `xdr-relay status`; 429s, token requests and sink ack latency counted as they happen;
+//! a taken admin port refusing the start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,11 +23,13 @@ struct Sample {
 
 /// Parses the Prometheus text format strictly: every line is a `# HELP` / `# TYPE`
 /// comment or `name{label="value",...} value`, every sample belongs to a family whose
-/// `# TYPE` came before it, and a family's samples are not interleaved with another's.
+/// `# TYPE` came before it (a histogram's samples are its `_bucket`, `_sum` and `_count`),
+/// and a family's samples are not interleaved with another's.
 fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut typed: BTreeSet<String> = BTreeSet::new();
     let mut current: Option<String> = None;
+    let mut histogram = false;
     for (n, line) in text.lines().enumerate() {
         let at = || format!("line {}: {line:?}", n + 1);
         if let Some(comment) = line.strip_prefix("# ") {
@@ -36,7 +39,12 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
                 "HELP" => assert!(parts.next().is_some_and(|h| !h.is_empty()), "{}", at()),
                 "TYPE" => {
                     let kind = parts.next().unwrap_or("");
-                    assert!(["counter", "gauge"].contains(&kind), "{}", at());
+                    assert!(
+                        ["counter", "gauge", "histogram"].contains(&kind),
+                        "{}",
+                        at()
+                    );
+                    histogram = kind == "histogram";
                     assert!(
                         typed.insert(name.to_string()),
                         "family typed twice: {}",
@@ -55,9 +63,13 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
             .unwrap_or_else(|| panic!("no value: {}", at()));
         let name = &line[..name_end];
         assert!(valid_name(name), "{}", at());
+        let family = match name.rsplit_once('_') {
+            Some((family, "bucket" | "sum" | "count")) if histogram => family,
+            _ => name,
+        };
         assert_eq!(
             current.as_deref(),
-            Some(name),
+            Some(family),
             "sample outside its family: {}",
             at()
         );
@@ -140,6 +152,9 @@ fn the_test_parser_rejects_what_prometheus_would() {
     assert_eq!(s.len(), 2);
     assert_eq!(s[0].labels["a"], "x\"y\\z\n");
     assert_eq!(s[0].value, 1.5);
+    let histogram = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n\
+                     h_sum 3.5\nh_count 2\n";
+    assert_eq!(parse_exposition(histogram).len(), 4);
     for bad in [
         "m 1\n",                                 // no TYPE
         "# TYPE m gauge\nm{a=\"x} 1\n",          // unterminated
@@ -147,6 +162,8 @@ fn the_test_parser_rejects_what_prometheus_would() {
         "# TYPE m gauge\nm  1\n",                // bad value
         "# TYPE m gauge\nm{a=\"\\t\"} 1\n",      // bad escape
         "# TYPE m gauge\n# TYPE n gauge\nm 1\n", // interleaved
+        "# TYPE m gauge\nm_sum 1\n",             // suffix of a non-histogram
+        "# TYPE m histogram\nm_total 1\n",       // not a histogram series
     ] {
         assert!(
             std::panic::catch_unwind(|| parse_exposition(bad)).is_err(),
@@ -528,6 +545,297 @@ async fn metrics_probes_and_credential_warnings_of_a_running_relay() {
     assert_eq!(warnings[0]["tenant"], cert_tenant.name.as_str());
     assert_eq!(warnings[0]["problem"], "expiring");
     assert_eq!(warnings[0]["kind"], "certificate");
+}
+
+/// Tenant 1 is throttled — five 429s on its alerts feed: three waited out and retried
+/// within one poll, a fourth that makes that poll give up, a fifth retried within the next
+/// poll — and tenant 2's grant is revoked. The 429s show for tenant 1's alerts alone and
+/// match what the API sent, token requests are counted per tenant, audience and outcome
+/// as Entra saw them, and the file sink's ack-latency histogram is consistent and grows
+/// with the batches delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_token_requests_and_ack_latency_are_counted() {
+    use relay_sim::entra::{GrantKind, Outcome};
+    use relay_sim::{ApiFault, FaultKind};
+
+    let port = free_port();
+    let mut setup = Setup::default();
+    setup.sim.tenants = 3;
+    setup.files.extra_toml = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n");
+    let h = Harness::start(setup).await;
+    let tenants = h.sim.tenants().to_vec();
+    let (throttled, revoked) = (&tenants[1], &tenants[2]);
+    assert_eq!(api_of(1), "defender", "alerts of tenant 1 come from MDE");
+    h.sim.entra().revoke_grant(&revoked.tenant_id);
+
+    let mut relay = KillOnDrop(h.spawn_relay(0));
+    let admin = Admin::new(port);
+    let throttled_of = |samples: &[Sample], tenant: &str, stream: &str| {
+        one(
+            samples,
+            "xdr_relay_throttled_total",
+            &[("tenant", tenant), ("stream", stream)],
+        )
+    };
+
+    // Every feed polled once (tenant 2's fail for want of consent), nothing throttled.
+    let start = std::time::Instant::now();
+    let polled = |samples: &[Sample]| {
+        tenants.iter().all(|t| {
+            ["incidents", "alerts"].iter().all(|s| {
+                find(
+                    samples,
+                    "xdr_relay_polls_total",
+                    &[("tenant", &t.name), ("stream", s)],
+                )
+                .iter()
+                .map(|x| x.value)
+                .sum::<f64>()
+                    >= 1.0
+            })
+        })
+    };
+    let before = loop {
+        if let Some((200, _, body)) = admin.get("/metrics").await {
+            let samples = parse_exposition(&body);
+            if polled(&samples) {
+                break samples;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "feeds not polled:\n{}",
+            h.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for t in &tenants {
+        for s in ["incidents", "alerts"] {
+            assert_eq!(throttled_of(&before, &t.name, s), 0.0, "{}/{s}", t.name);
+        }
+    }
+
+    // The storm: five 429s, each asking for a 1 s wait.
+    let storm = ApiFault::new(FaultKind::TooManyRequests {
+        retry_after_secs: 1,
+    })
+    .on(relay_config::Feed::MdeAlerts)
+    .times(5);
+    h.sim.set_fault(&throttled.tenant_id, storm).unwrap();
+    let start = std::time::Instant::now();
+    let samples = loop {
+        let samples = admin.metrics().await;
+        let recovered = one(
+            &samples,
+            "xdr_relay_polls_total",
+            &[
+                ("tenant", &throttled.name),
+                ("stream", "alerts"),
+                ("outcome", "success"),
+            ],
+        ) >= 2.0;
+        if throttled_of(&samples, &throttled.name, "alerts") >= 5.0 && recovered {
+            break samples;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the storm did not pass: {:?}\n{}",
+            find(&samples, "xdr_relay_throttled_total", &[]),
+            h.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(throttled_of(&samples, &throttled.name, "alerts"), 5.0);
+    assert_eq!(
+        one(
+            &samples,
+            "xdr_relay_throttled_wait_seconds_total",
+            &[("tenant", &throttled.name), ("stream", "alerts")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        one(
+            &samples,
+            "xdr_relay_poll_errors_total",
+            &[
+                ("tenant", &throttled.name),
+                ("stream", "alerts"),
+                ("outcome", "transient")
+            ]
+        ),
+        1.0,
+        "the fourth 429 of one page gives the poll up"
+    );
+    for t in &tenants {
+        for s in ["incidents", "alerts"] {
+            if (t.name.as_str(), s) != (throttled.name.as_str(), "alerts") {
+                assert_eq!(throttled_of(&samples, &t.name, s), 0.0, "{}/{s}", t.name);
+                let wait = one(
+                    &samples,
+                    "xdr_relay_throttled_wait_seconds_total",
+                    &[("tenant", &t.name), ("stream", s)],
+                );
+                assert_eq!(wait, 0.0, "{}/{s}", t.name);
+            }
+        }
+    }
+    let counted: f64 = find(&samples, "xdr_relay_throttled_total", &[])
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(counted, h.sim.stats().throttled as f64, "every 429 sent");
+
+    // Token requests: one per audience for the healthy tenants, as Entra counted them; the
+    // revoked tenant learned it once and is answered from memory since.
+    let requests = h.sim.entra().token_requests();
+    let refreshes = |tenant: &str, outcome: &str| -> f64 {
+        find(
+            &samples,
+            "xdr_relay_token_refreshes_total",
+            &[("tenant", tenant), ("outcome", outcome)],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum()
+    };
+    for (t, audiences) in [
+        (&tenants[0], &["graph"][..]),
+        (
+            throttled,
+            &["threat_protection", "windows_defender_atp"][..],
+        ),
+    ] {
+        for audience in audiences {
+            assert_eq!(
+                one(
+                    &samples,
+                    "xdr_relay_token_refreshes_total",
+                    &[
+                        ("tenant", &t.name),
+                        ("audience", audience),
+                        ("outcome", "ok")
+                    ]
+                ),
+                1.0,
+                "{} {audience}",
+                t.name
+            );
+        }
+        let issued = requests.tenant(&t.tenant_id, GrantKind::RefreshToken, Outcome::Issued);
+        assert_eq!(refreshes(&t.name, "ok"), issued as f64, "{}", t.name);
+        assert_eq!(refreshes(&t.name, "failed"), 0.0, "{}", t.name);
+        assert_eq!(refreshes(&t.name, "needs_consent"), 0.0, "{}", t.name);
+    }
+    assert_eq!(
+        one(
+            &samples,
+            "xdr_relay_token_refreshes_total",
+            &[
+                ("tenant", &revoked.name),
+                ("audience", "graph"),
+                ("outcome", "needs_consent")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(refreshes(&revoked.name, "ok"), 0.0);
+    assert_eq!(
+        requests.tenant(
+            &revoked.tenant_id,
+            GrantKind::RefreshToken,
+            Outcome::Rejected
+        ),
+        1
+    );
+
+    // Ack latency: one observation per delivered batch; buckets cumulative up to +Inf.
+    let check_histogram = |samples: &[Sample]| -> f64 {
+        let mut buckets: Vec<(f64, f64)> = find(
+            samples,
+            "xdr_relay_sink_ack_latency_seconds_bucket",
+            &[("sink", "file")],
+        )
+        .iter()
+        .map(|s| {
+            let le = match s.labels["le"].as_str() {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap(),
+            };
+            (le, s.value)
+        })
+        .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(buckets.len() >= 10, "{buckets:?}");
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        let count = one(
+            samples,
+            "xdr_relay_sink_ack_latency_seconds_count",
+            &[("sink", "file")],
+        );
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, count)));
+        let sum = one(
+            samples,
+            "xdr_relay_sink_ack_latency_seconds_sum",
+            &[("sink", "file")],
+        );
+        // The sum lies between what the bucket bounds allow.
+        let mut below = 0.0;
+        let mut at_most = 0.0;
+        let mut previous = (0.0, 0.0);
+        for &(le, n) in &buckets {
+            let in_bucket = n - previous.1;
+            if in_bucket > 0.0 {
+                below += previous.0 * in_bucket;
+                at_most += le * in_bucket;
+            }
+            previous = (le, n);
+        }
+        assert!(sum >= below && sum <= at_most, "sum {sum}: {buckets:?}");
+        let sent = one(
+            samples,
+            "xdr_relay_sink_events_sent_total",
+            &[("sink", "file")],
+        );
+        assert!(
+            count >= 1.0 && count <= sent,
+            "{count} batches, {sent} events"
+        );
+        count
+    };
+    let batches = check_histogram(&samples);
+    // More events (a burst for tenant 0) mean more acknowledged batches.
+    let sent_before = one(
+        &samples,
+        "xdr_relay_sink_events_sent_total",
+        &[("sink", "file")],
+    );
+    h.sim
+        .burst(&tenants[0].tenant_id, relay_config::Stream::Alerts, 3)
+        .unwrap();
+    let start = std::time::Instant::now();
+    let later = loop {
+        let samples = admin.metrics().await;
+        let sent = one(
+            &samples,
+            "xdr_relay_sink_events_sent_total",
+            &[("sink", "file")],
+        );
+        if sent > sent_before {
+            break samples;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the burst was not delivered:\n{}",
+            h.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(check_histogram(&later) > batches);
+
+    signal(&relay.0, "TERM");
+    let code = wait_exit(&mut relay.0, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{}", h.log(0));
 }
 
 /// A taken `[admin] listen` address stops the start with exit status 2, naming it.

@@ -19,6 +19,9 @@ pub enum MetricType {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// Observations counted in cumulative buckets, with their sum and count: the
+    /// `_bucket{le="..."}`, `_sum` and `_count` series of one name.
+    Histogram,
 }
 
 impl MetricType {
@@ -26,6 +29,7 @@ impl MetricType {
         match self {
             MetricType::Counter => "counter",
             MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
         }
     }
 }
@@ -71,10 +75,48 @@ pub struct Family<'a> {
 impl Family<'_> {
     /// One sample: `name{label="value",...} value`.
     pub fn sample(&mut self, labels: &[(&'static str, &str)], value: f64) -> &mut Self {
+        self.line("", labels, None, value);
+        self
+    }
+
+    /// One histogram (of a [`MetricType::Histogram`] family): a `name_bucket` sample per
+    /// bucket with its upper bound as the `le` label, then `name_sum` and `name_count`.
+    /// `buckets` are `(upper bound, observations at or below it)` in ascending order and
+    /// must end with the `+Inf` bucket, whose value is the count.
+    pub fn histogram(
+        &mut self,
+        labels: &[(&'static str, &str)],
+        buckets: impl IntoIterator<Item = (f64, u64)>,
+        sum: f64,
+    ) -> &mut Self {
+        let mut count = 0;
+        let mut last_bound = f64::NEG_INFINITY;
+        for (bound, n) in buckets {
+            debug_assert!(bound > last_bound && n >= count, "buckets out of order");
+            let le = format_value(bound);
+            self.line("_bucket", labels, Some(("le", &le)), n as f64);
+            (count, last_bound) = (n, bound);
+        }
+        debug_assert!(last_bound == f64::INFINITY, "no +Inf bucket");
+        self.line("_sum", labels, None, sum);
+        self.line("_count", labels, None, count as f64);
+        self
+    }
+
+    /// `name<suffix>{labels,extra} value`.
+    fn line(
+        &mut self,
+        suffix: &str,
+        labels: &[(&'static str, &str)],
+        extra: Option<(&'static str, &str)>,
+        value: f64,
+    ) {
         self.out.push_str(self.name);
-        if !labels.is_empty() {
+        self.out.push_str(suffix);
+        let mut all = labels.iter().copied().chain(extra).peekable();
+        if all.peek().is_some() {
             self.out.push('{');
-            for (i, (label, v)) in labels.iter().enumerate() {
+            for (i, (label, v)) in all.enumerate() {
                 debug_assert!(valid_name(label), "invalid label name {label:?}");
                 if i > 0 {
                     self.out.push(',');
@@ -86,7 +128,6 @@ impl Family<'_> {
         self.out.push(' ');
         self.out.push_str(&format_value(value));
         self.out.push('\n');
-        self
     }
 }
 
@@ -159,6 +200,41 @@ mod tests {
              # HELP xdr_relay_up Always 1.\n\
              # TYPE xdr_relay_up gauge\n\
              xdr_relay_up 1\n"
+        );
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let mut e = Exposition::new();
+        e.family(
+            "xdr_relay_sink_ack_latency_seconds",
+            MetricType::Histogram,
+            "Ack latency.",
+        )
+        .histogram(
+            &[("sink", "hec")],
+            [(0.1, 1), (2.5, 3), (f64::INFINITY, 4)],
+            75.25,
+        )
+        .histogram(
+            &[("sink", "file")],
+            [(0.1, 0), (2.5, 0), (f64::INFINITY, 0)],
+            0.0,
+        );
+        assert_eq!(
+            e.finish(),
+            "# HELP xdr_relay_sink_ack_latency_seconds Ack latency.\n\
+             # TYPE xdr_relay_sink_ack_latency_seconds histogram\n\
+             xdr_relay_sink_ack_latency_seconds_bucket{sink=\"hec\",le=\"0.1\"} 1\n\
+             xdr_relay_sink_ack_latency_seconds_bucket{sink=\"hec\",le=\"2.5\"} 3\n\
+             xdr_relay_sink_ack_latency_seconds_bucket{sink=\"hec\",le=\"+Inf\"} 4\n\
+             xdr_relay_sink_ack_latency_seconds_sum{sink=\"hec\"} 75.25\n\
+             xdr_relay_sink_ack_latency_seconds_count{sink=\"hec\"} 4\n\
+             xdr_relay_sink_ack_latency_seconds_bucket{sink=\"file\",le=\"0.1\"} 0\n\
+             xdr_relay_sink_ack_latency_seconds_bucket{sink=\"file\",le=\"2.5\"} 0\n\
+             xdr_relay_sink_ack_latency_seconds_bucket{sink=\"file\",le=\"+Inf\"} 0\n\
+             xdr_relay_sink_ack_latency_seconds_sum{sink=\"file\"} 0\n\
+             xdr_relay_sink_ack_latency_seconds_count{sink=\"file\"} 0\n"
         );
     }
 

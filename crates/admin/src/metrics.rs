@@ -17,7 +17,7 @@ pub fn render(
     credentials: &[Expiry],
     poll_intervals: &BTreeMap<String, Duration>,
 ) -> String {
-    use MetricType::{Counter, Gauge};
+    use MetricType::{Counter, Gauge, Histogram};
     let now = status.taken_at;
     let mut e = Exposition::new();
 
@@ -94,6 +94,25 @@ pub fn render(
     per_feed(
         &mut e,
         status,
+        "xdr_relay_throttled_total",
+        Counter,
+        "HTTP 429 answers from the Defender or Graph API, counted as they arrive: most are \
+         waited out and retried within the poll, which then succeeds; a poll that gives up \
+         counts once more in xdr_relay_poll_errors_total{outcome=\"transient\"}.",
+        |x| Some(x.throttled as f64),
+    );
+    per_feed(
+        &mut e,
+        status,
+        "xdr_relay_throttled_wait_seconds_total",
+        Counter,
+        "The waits those 429s imposed on the tenant's API (Retry-After, or the client's \
+         backoff when absent), summed per answer.",
+        |x| Some(x.throttled_wait.as_secs_f64()),
+    );
+    per_feed(
+        &mut e,
+        status,
         "xdr_relay_items_total",
         Counter,
         "New incident/alert versions committed to the outboxes.",
@@ -161,6 +180,34 @@ pub fn render(
                     &[("tenant", t.name.as_str()), ("state", state)],
                     if current == Some(state) { 1.0 } else { 0.0 },
                 );
+            }
+        }
+    }
+    {
+        let mut f = e.family(
+            "xdr_relay_token_refreshes_total",
+            Counter,
+            "Token requests to Entra ID per tenant and API audience, by outcome: ok (token \
+             issued), failed (Entra or the network failing, or the credential refused), \
+             needs_consent (grant or consent gone, re-checks included). Tokens served from \
+             the cache are not requests; an audience appears with its first request.",
+        );
+        for t in &status.tenants {
+            for c in &t.token_refreshes {
+                for (outcome, n) in [
+                    ("ok", c.ok),
+                    ("failed", c.failed),
+                    ("needs_consent", c.needs_consent),
+                ] {
+                    f.sample(
+                        &[
+                            ("tenant", t.name.as_str()),
+                            ("audience", c.audience.as_str()),
+                            ("outcome", outcome),
+                        ],
+                        n as f64,
+                    );
+                }
             }
         }
     }
@@ -249,6 +296,28 @@ pub fn render(
         "When the destination last acknowledged events, Unix seconds. Absent before the first.",
         |s| s.last_delivery.map(unix),
     );
+    // A histogram rather than a summary: bucket counts add up across sinks and relay
+    // instances and `histogram_quantile` gives any quantile at query time, whereas a
+    // summary's quantiles are fixed in-process and cannot be aggregated. Fixed buckets also
+    // keep the hot path to one search and three additions under the lock the worker takes
+    // per batch anyway.
+    {
+        let mut f = e.family(
+            "xdr_relay_sink_ack_latency_seconds",
+            Histogram,
+            "How long the destination took to acknowledge a delivered batch, from the start \
+             of the send to its acknowledgement (HEC 2xx or indexer ack, Kafka delivery \
+             reports, syslog flush, file fsync). Failed sends are not observed (see \
+             xdr_relay_sink_failures_total); _count is the number of batches delivered.",
+        );
+        for s in &status.sinks {
+            f.histogram(
+                &[("sink", s.name.as_str())],
+                s.ack_latency.cumulative(),
+                s.ack_latency.sum_seconds(),
+            );
+        }
+    }
     {
         let mut f = e.family(
             "xdr_relay_sink_state",
@@ -323,6 +392,8 @@ mod tests {
     use super::*;
     use crate::health::CredentialKind;
     use crate::test_support::{feed, sink, status, t};
+    use relay_auth::RefreshCounts;
+    use relay_config::Audience;
     use relay_pipeline::TenantStats;
 
     #[test]
@@ -334,6 +405,12 @@ mod tests {
             auth: Some(AuthState::Ok {
                 since: t("2026-05-01T11:00:05Z"),
             }),
+            token_refreshes: vec![RefreshCounts {
+                audience: Audience::Graph,
+                ok: 3,
+                failed: 1,
+                needs_consent: 0,
+            }],
         }];
         s.feeds = vec![feed("contoso", true)];
         s.sinks = vec![sink("file")];
@@ -363,6 +440,12 @@ xdr_relay_poll_errors_total{tenant="contoso",stream="alerts",outcome="state"} 0
 # HELP xdr_relay_polls_skipped_total Polls skipped, by reason: outbox_full (a sink the tenant routes to is at its outbox bound; nothing is dropped, polling resumes when it drains).
 # TYPE xdr_relay_polls_skipped_total counter
 xdr_relay_polls_skipped_total{tenant="contoso",stream="alerts",outcome="outbox_full"} 0
+# HELP xdr_relay_throttled_total HTTP 429 answers from the Defender or Graph API, counted as they arrive: most are waited out and retried within the poll, which then succeeds; a poll that gives up counts once more in xdr_relay_poll_errors_total{outcome="transient"}.
+# TYPE xdr_relay_throttled_total counter
+xdr_relay_throttled_total{tenant="contoso",stream="alerts"} 2
+# HELP xdr_relay_throttled_wait_seconds_total The waits those 429s imposed on the tenant's API (Retry-After, or the client's backoff when absent), summed per answer.
+# TYPE xdr_relay_throttled_wait_seconds_total counter
+xdr_relay_throttled_wait_seconds_total{tenant="contoso",stream="alerts"} 2.5
 # HELP xdr_relay_items_total New incident/alert versions committed to the outboxes.
 # TYPE xdr_relay_items_total counter
 xdr_relay_items_total{tenant="contoso",stream="alerts"} 17
@@ -386,6 +469,11 @@ xdr_relay_poll_interval_seconds{tenant="contoso",stream="alerts"} 60
 xdr_relay_auth_state{tenant="contoso",state="ok"} 1
 xdr_relay_auth_state{tenant="contoso",state="needs_consent"} 0
 xdr_relay_auth_state{tenant="contoso",state="failing"} 0
+# HELP xdr_relay_token_refreshes_total Token requests to Entra ID per tenant and API audience, by outcome: ok (token issued), failed (Entra or the network failing, or the credential refused), needs_consent (grant or consent gone, re-checks included). Tokens served from the cache are not requests; an audience appears with its first request.
+# TYPE xdr_relay_token_refreshes_total counter
+xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="ok"} 3
+xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="failed"} 1
+xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="needs_consent"} 0
 # HELP xdr_relay_credential_expiry_seconds Seconds until the credential lapses (negative: lapsed): client_secret (auth.client_secret_expires), certificate (notAfter), refresh_token (last saved + 90 days of inactivity). Warnings start 14 days ahead.
 # TYPE xdr_relay_credential_expiry_seconds gauge
 xdr_relay_credential_expiry_seconds{tenant="contoso",kind="certificate"} 259200.5
@@ -413,6 +501,26 @@ xdr_relay_outbox_full{sink="file"} 0
 # HELP xdr_relay_sink_last_delivery_timestamp_seconds When the destination last acknowledged events, Unix seconds. Absent before the first.
 # TYPE xdr_relay_sink_last_delivery_timestamp_seconds gauge
 xdr_relay_sink_last_delivery_timestamp_seconds{sink="file"} 1777636795
+# HELP xdr_relay_sink_ack_latency_seconds How long the destination took to acknowledge a delivered batch, from the start of the send to its acknowledgement (HEC 2xx or indexer ack, Kafka delivery reports, syslog flush, file fsync). Failed sends are not observed (see xdr_relay_sink_failures_total); _count is the number of batches delivered.
+# TYPE xdr_relay_sink_ack_latency_seconds histogram
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.005"} 0
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.01"} 0
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.025"} 1
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.05"} 1
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.1"} 1
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.25"} 3
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="0.5"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="1"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="2.5"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="5"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="10"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="30"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="60"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="120"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="300"} 4
+xdr_relay_sink_ack_latency_seconds_bucket{sink="file",le="+Inf"} 4
+xdr_relay_sink_ack_latency_seconds_sum{sink="file"} 0.890625
+xdr_relay_sink_ack_latency_seconds_count{sink="file"} 4
 # HELP xdr_relay_sink_state 1 for where the sink worker stands (starting, idle, delivering, retrying, stopped, finished), 0 for the others.
 # TYPE xdr_relay_sink_state gauge
 xdr_relay_sink_state{sink="file",state="starting"} 0
@@ -430,11 +538,13 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
             name: "fabrikam".into(),
             tenant_id: "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6c".into(),
             auth: None,
+            token_refreshes: Vec::new(),
         }];
         s.feeds = vec![feed("fabrikam", false)];
         let mut idle = sink("file");
         idle.outbox = relay_state::OutboxDepth::default();
         idle.last_delivery = None;
+        idle.ack_latency = relay_pipeline::LatencyHistogram::ack_latency();
         s.sinks = vec![idle];
         let text = render(&s, &[], &BTreeMap::new());
         for absent in [
@@ -444,6 +554,7 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
             "xdr_relay_poll_interval_seconds{",
             "xdr_relay_credential_expiry_seconds{",
             "xdr_relay_sink_last_delivery_timestamp_seconds{",
+            "xdr_relay_token_refreshes_total{",
         ] {
             assert!(!text.contains(absent), "{absent} in:\n{text}");
         }
@@ -453,6 +564,12 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
             "xdr_relay_auth_state{tenant=\"fabrikam\",state=\"failing\"} 0\n",
             "xdr_relay_polls_total{tenant=\"fabrikam\",stream=\"alerts\",outcome=\"success\"} 0\n",
             "xdr_relay_outbox_oldest_age_seconds{sink=\"file\"} 0\n",
+            "xdr_relay_throttled_total{tenant=\"fabrikam\",stream=\"alerts\"} 0\n",
+            "xdr_relay_throttled_wait_seconds_total{tenant=\"fabrikam\",stream=\"alerts\"} 0\n",
+            "xdr_relay_sink_ack_latency_seconds_bucket{sink=\"file\",le=\"0.005\"} 0\n",
+            "xdr_relay_sink_ack_latency_seconds_bucket{sink=\"file\",le=\"+Inf\"} 0\n",
+            "xdr_relay_sink_ack_latency_seconds_sum{sink=\"file\"} 0\n",
+            "xdr_relay_sink_ack_latency_seconds_count{sink=\"file\"} 0\n",
         ] {
             assert!(text.contains(present), "no {present} in:\n{text}");
         }
@@ -484,14 +601,23 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
             name: "contoso".into(),
             tenant_id: "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b".into(),
             auth: None,
+            token_refreshes: Vec::new(),
         }];
         s.feeds = vec![feed("contoso", true)];
         s.sinks = vec![sink("file")];
         let text = render(&s, &[], &BTreeMap::new());
-        let families: std::collections::BTreeSet<&str> = text
+        // The series names a query can use: a histogram family's are its `_bucket`, `_sum`
+        // and `_count`.
+        let families: std::collections::BTreeSet<String> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
+            .flat_map(|l| match l.split_once(' ') {
+                Some((name, "histogram")) => ["_bucket", "_sum", "_count"]
+                    .map(|suffix| format!("{name}{suffix}"))
+                    .to_vec(),
+                Some((name, _)) => vec![name.to_string()],
+                None => Vec::new(),
+            })
             .collect();
 
         let mut exprs = Vec::new();
@@ -507,10 +633,7 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
                 rest = &rest[at + name.len()..];
-                assert!(
-                    families.contains(name.as_str()),
-                    "{name} is not exported: {expr}"
-                );
+                assert!(families.contains(&name), "{name} is not exported: {expr}");
                 used.insert(name);
             }
         }
@@ -522,6 +645,10 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
             "xdr_relay_outbox_events",
             "xdr_relay_outbox_oldest_age_seconds",
             "xdr_relay_credential_expiry_seconds",
+            "xdr_relay_throttled_total",
+            "xdr_relay_throttled_wait_seconds_total",
+            "xdr_relay_token_refreshes_total",
+            "xdr_relay_sink_ack_latency_seconds_bucket",
         ] {
             assert!(
                 used.contains(wanted),

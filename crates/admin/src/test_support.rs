@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use relay_config::{Config, Feed, Stream};
-use relay_pipeline::{ErrorCounts, FeedStats, RelayStatus, SinkState, SinkStats};
+use relay_pipeline::{ErrorCounts, FeedStats, LatencyHistogram, RelayStatus, SinkState, SinkStats};
 use relay_state::OutboxDepth;
 
 pub fn t(s: &str) -> DateTime<Utc> {
@@ -24,7 +25,7 @@ pub fn status() -> RelayStatus {
 }
 
 /// The `alerts` feed of `tenant` (Graph), polled 3 times (if `polled`) with one transient
-/// error, 40 s behind.
+/// error, 40 s behind, throttled twice for 2.5 s in all.
 pub fn feed(tenant: &str, polled: bool) -> FeedStats {
     let now = t("2026-05-01T12:00:00Z");
     FeedStats {
@@ -45,10 +46,18 @@ pub fn feed(tenant: &str, polled: bool) -> FeedStats {
         lag: polled.then(|| (now - t("2026-05-01T11:59:20Z")).to_std().unwrap()),
         skipped_outbox_full: 0,
         paused_by_sink: None,
+        throttled: if polled { 2 } else { 0 },
+        throttled_wait: if polled {
+            Duration::from_millis(2_500)
+        } else {
+            Duration::ZERO
+        },
     }
 }
 
-/// An idle sink that delivered 17 events and holds 3 more, the oldest 90 s old.
+/// An idle sink that delivered 17 events in 4 batches, acknowledged after 1/64 s, 0.125 s,
+/// 0.25 s and 0.5 s (binary fractions: their sum prints exactly), and holds 3 more, the
+/// oldest 90 s old.
 pub fn sink(name: &str) -> SinkStats {
     SinkStats {
         name: name.into(),
@@ -64,6 +73,13 @@ pub fn sink(name: &str) -> SinkStats {
             bytes: 4_096,
             oldest_enqueued: Some(t("2026-05-01T11:58:30Z")),
             over_limit: false,
+        },
+        ack_latency: {
+            let mut h = LatencyHistogram::ack_latency();
+            for micros in [15_625, 125_000, 250_000, 500_000] {
+                h.observe(Duration::from_micros(micros));
+            }
+            h
         },
     }
 }

@@ -30,7 +30,7 @@ mod timing;
 
 pub use error::{AuthError, EntraError, FailureKind, OAuthError, StoreError};
 pub use manager::{
-    AccessToken, AuthState, Credential, ManagerOptions, TenantAuth, TokenManager, TokenStatus,
-    TokenVersion,
+    AccessToken, AuthState, Credential, ManagerOptions, RefreshCounts, TenantAuth, TokenManager,
+    TokenStatus, TokenVersion,
 };
 pub use store::{MemoryStore, RefreshTokenStore};

@@ -15,7 +15,7 @@ use oauth2::{
 };
 use parking_lot::{Mutex, RwLock};
 use relay_config::{Audience, Endpoints, Secret};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,6 +191,46 @@ pub struct TokenStatus {
     pub expires_at_utc: DateTime<Utc>,
 }
 
+/// Token requests made for one (tenant, audience) since the process started, by how they
+/// ended. For metrics: counted in memory, reset by a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RefreshCounts {
+    /// The API the tokens were for.
+    pub audience: Audience,
+    /// A token was issued.
+    pub ok: u64,
+    /// The request failed: transiently (Entra or the network down, throttled, a rotated
+    /// refresh token that could not be saved) or rejected (bad credential); a token
+    /// still valid was kept when it could be.
+    pub failed: u64,
+    /// Entra said the grant or consent is gone ([`AuthState::NeedsConsent`]); this
+    /// includes the periodic re-checks that found it still gone.
+    pub needs_consent: u64,
+}
+
+impl RefreshCounts {
+    fn zero(audience: Audience) -> RefreshCounts {
+        RefreshCounts {
+            audience,
+            ok: 0,
+            failed: 0,
+            needs_consent: 0,
+        }
+    }
+
+    fn count<T>(&mut self, outcome: &Result<T, AuthError>) {
+        match outcome {
+            Ok(_) => self.ok += 1,
+            Err(AuthError::NeedsConsent { .. }) => self.needs_consent += 1,
+            Err(_) => self.failed += 1,
+        }
+    }
+}
+
+/// A tenant's [`RefreshCounts`] by audience. Shared by every registration of the tenant,
+/// so that a changed configuration (which replaces the [`Tenant`]) does not reset them.
+type RefreshTally = Arc<Mutex<BTreeMap<Audience, RefreshCounts>>>;
+
 /// Hands out access tokens for every (tenant, audience). Cheap to clone; one per process.
 ///
 /// - A token is reused until it is due for refresh ([`ManagerOptions::refresh_fraction`]),
@@ -225,6 +265,8 @@ struct Tenant {
     state: Mutex<TenantState>,
     /// Held for the whole of a refresh-token grant, including saving the rotated token.
     rt_grant: tokio::sync::Mutex<()>,
+    /// Token requests made, by audience and outcome.
+    refreshes: RefreshTally,
 }
 
 struct TenantState {
@@ -304,7 +346,14 @@ impl TokenManager {
             }
         }
         let name = auth.name.clone();
-        let tenant = Arc::new(Tenant::new(auth));
+        let refreshes = self
+            .inner
+            .tenants
+            .read()
+            .get(&name)
+            .map(|old| Arc::clone(&old.refreshes))
+            .unwrap_or_default();
+        let tenant = Arc::new(Tenant::new(auth, refreshes));
         if let Some(Err(reason)) = &tenant.signer {
             warn!(tenant = %name, %reason, "certificate credential unusable");
         }
@@ -404,6 +453,18 @@ impl TokenManager {
                 debug!(tenant = %tenant, %audience, "access token rejected by the API; dropped");
             }
         }
+    }
+
+    /// The token requests made for `tenant` since the process started (across changes of
+    /// its configuration), one entry per audience asked for, in audience order; empty for
+    /// an unknown tenant or before its first request. Requests answered from the cache or
+    /// refused from memory while the tenant needs consent are not counted.
+    pub fn refresh_counts(&self, tenant: &str) -> Vec<RefreshCounts> {
+        let Some(t) = self.inner.tenants.read().get(tenant).cloned() else {
+            return Vec::new();
+        };
+        let counts = t.refreshes.lock();
+        counts.values().copied().collect()
     }
 
     /// The tenant's authentication health, or `None` for an unknown tenant.
@@ -695,6 +756,11 @@ async fn refresh(
     tx: watch::Sender<Outcome>,
 ) {
     let outcome = inner.fetch(&t, audience).await;
+    t.refreshes
+        .lock()
+        .entry(audience)
+        .or_insert_with(|| RefreshCounts::zero(audience))
+        .count(&outcome);
     let result = {
         let mut st = t.state.lock();
         let now = Instant::now();
@@ -792,7 +858,7 @@ fn record_failure(
 }
 
 impl Tenant {
-    fn new(auth: TenantAuth) -> Tenant {
+    fn new(auth: TenantAuth, refreshes: RefreshTally) -> Tenant {
         let token_url = auth.token_url();
         let signer = match &auth.credential {
             Credential::Certificate { cert_pem, key_pem } => {
@@ -814,6 +880,7 @@ impl Tenant {
                 health: Health::Ok,
             }),
             rt_grant: tokio::sync::Mutex::new(()),
+            refreshes,
         }
     }
 

@@ -176,12 +176,14 @@ impl DefenderClient {
         WindowPager::new(self.clone(), tenant.clone(), feed, from, to)
     }
 
-    /// GETs one page, retrying what is worth retrying.
+    /// GETs one page, retrying what is worth retrying. `on_throttled` is called with the
+    /// wait of every 429 as it arrives, the retried ones included.
     pub(crate) async fn fetch_page(
         &self,
         tenant: &TenantTarget,
         feed: Feed,
         url: &Url,
+        on_throttled: &mut (dyn FnMut(Duration) + Send),
     ) -> Result<Page, DefenderError> {
         let inner = &self.inner;
         let policy = &inner.options.retry;
@@ -244,6 +246,7 @@ impl DefenderClient {
                     let wait = retry_after
                         .unwrap_or_else(|| self.backoff(throttled - 1).max(Duration::from_secs(1)));
                     inner.limiter.block(&tenant.tenant_id, family, wait);
+                    on_throttled(wait);
                     if throttled > policy.max_throttled || wait > policy.max_retry_after {
                         return Err(DefenderError::QuotaExhausted {
                             tenant: tenant.name.clone(),
@@ -591,5 +594,122 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = s.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::ThrottleCounter;
+    use crate::token::TokenError;
+    use relay_config::{Audience, Secret};
+    use relay_sim::{ApiFault, FaultKind, Sim, SimConfig};
+
+    /// Access tokens minted directly by the simulator's Entra.
+    struct SimTokens(Arc<relay_sim::entra::Entra>, Vec<(String, String)>);
+
+    #[async_trait::async_trait]
+    impl TokenProvider for SimTokens {
+        async fn bearer(
+            &self,
+            tenant: &str,
+            audience: Audience,
+        ) -> Result<AccessToken, TokenError> {
+            let (_, id) = self.1.iter().find(|(name, _)| name == tenant).unwrap();
+            let lifetime = Duration::from_secs(600);
+            Ok(AccessToken {
+                secret: Secret::new(self.0.mint_access_token(id, audience, lifetime)),
+                expires_at: tokio::time::Instant::now() + lifetime,
+            })
+        }
+
+        fn invalidate(&self, _: &str, _: Audience, _: &AccessToken) {}
+    }
+
+    fn target(sim: &Sim, i: usize) -> TenantTarget {
+        let t = &sim.tenants()[i];
+        TenantTarget {
+            name: t.name.clone(),
+            tenant_id: t.tenant_id.clone(),
+            endpoints: sim.endpoints(),
+        }
+    }
+
+    /// Drains the window of the last hour, counting 429s in `counter`.
+    async fn drain(
+        c: &DefenderClient,
+        tenant: &TenantTarget,
+        counter: &Arc<ThrottleCounter>,
+    ) -> Result<u64, DefenderError> {
+        let now = Utc::now();
+        let mut pager = c
+            .window(
+                tenant,
+                Feed::GraphAlerts,
+                now - chrono::TimeDelta::hours(1),
+                now,
+            )
+            .count_throttling(Arc::clone(counter));
+        while pager.next_page().await?.is_some() {}
+        Ok(pager.stats().throttled)
+    }
+
+    #[tokio::test]
+    async fn every_429_is_counted_for_its_tenant_retried_or_not() {
+        let sim = Sim::start(SimConfig {
+            tenants: 2,
+            activity: 0,
+            backlog: 5,
+            quotas_enabled: false,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let tokens = SimTokens(
+            sim.entra().clone(),
+            sim.tenants()
+                .iter()
+                .map(|t| (t.name.clone(), t.tenant_id.clone()))
+                .collect(),
+        );
+        let options = ClientOptions {
+            rate_limits: RateLimits::unlimited(),
+            ..ClientOptions::default()
+        };
+        let c = DefenderClient::new(reqwest::Client::new(), Arc::new(tokens), options);
+        let (throttled, calm) = (target(&sim, 0), target(&sim, 1));
+        let (counter, calm_counter) = (
+            Arc::new(ThrottleCounter::new()),
+            Arc::new(ThrottleCounter::new()),
+        );
+
+        // Two 429s retried inside the poll: it succeeds, and both are counted.
+        let storm = |retry_after_secs| {
+            ApiFault::new(FaultKind::TooManyRequests { retry_after_secs }).on(Feed::GraphAlerts)
+        };
+        sim.set_fault(&throttled.tenant_id, storm(1).times(2))
+            .unwrap();
+        assert_eq!(drain(&c, &throttled, &counter).await.unwrap(), 2);
+        assert_eq!(drain(&c, &calm, &calm_counter).await.unwrap(), 0);
+        assert_eq!(
+            (counter.responses(), counter.waited()),
+            (2, Duration::from_secs(2))
+        );
+
+        // A Retry-After too long to wait out fails the poll; the 429 still counts.
+        sim.set_fault(&throttled.tenant_id, storm(3600)).unwrap();
+        let err = drain(&c, &throttled, &counter).await.unwrap_err();
+        assert!(
+            matches!(err, DefenderError::QuotaExhausted { .. }),
+            "{err:?}"
+        );
+        assert_eq!(counter.responses(), 3);
+        assert_eq!(counter.waited(), Duration::from_secs(3602));
+        assert_eq!(sim.stats().throttled, 3);
+        assert_eq!(
+            (calm_counter.responses(), calm_counter.waited()),
+            (0, Duration::ZERO)
+        );
+        sim.shutdown().await;
     }
 }

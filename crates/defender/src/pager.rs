@@ -20,6 +20,8 @@
 //! more follow cannot be known, and the pager fails with [`DefenderError::Paging`]
 //! instead of returning a possibly shortened window.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use relay_config::Feed;
 use serde_json::value::RawValue;
@@ -29,7 +31,8 @@ use url::Url;
 use crate::client::{endpoint_of, DefenderClient, TenantTarget};
 use crate::error::DefenderError;
 use crate::odata_time::{ceil_tick, floor_tick, window_filter, TICK};
-use crate::parse::Page;
+use crate::parse::{ItemFields, Page};
+use crate::ratelimit::ThrottleCounter;
 
 /// One version of one incident or alert, ready for normalization; nothing sink-specific.
 #[derive(Debug, Clone)]
@@ -44,6 +47,8 @@ pub struct Item {
     pub id: String,
     /// The feed's last-update time, full precision.
     pub last_update: DateTime<Utc>,
+    /// Its severity and title candidates, read while the page was parsed.
+    pub fields: ItemFields,
     /// The item exactly as the API sent it, every field kept.
     pub raw: Box<RawValue>,
 }
@@ -65,6 +70,8 @@ pub struct PagerStats {
     pub splits: u64,
     /// The largest `$skip` sent.
     pub max_skip_sent: u32,
+    /// 429 answers received, including those retried before a page came back.
+    pub throttled: u64,
 }
 
 /// The API's order of items within a page.
@@ -125,6 +132,8 @@ pub struct WindowPager {
     /// Sub-windows still to read, the next on top.
     pending: Vec<SubWindow>,
     stats: PagerStats,
+    /// Where 429s are also counted, beyond this pager's own stats.
+    throttling: Option<Arc<ThrottleCounter>>,
     span: tracing::Span,
 }
 
@@ -153,8 +162,17 @@ impl WindowPager {
             cursor,
             pending: Vec::new(),
             stats: PagerStats::default(),
+            throttling: None,
             span,
         }
+    }
+
+    /// Also counts every 429 this pager receives (and the wait it imposed) in `counter`,
+    /// as it arrives: a poll that is cancelled or fails after being throttled still shows
+    /// in it.
+    pub fn count_throttling(mut self, counter: Arc<ThrottleCounter>) -> WindowPager {
+        self.throttling = Some(counter);
+        self
     }
 
     /// The next batch of items, `None` once the window is exhausted. Items may repeat
@@ -184,9 +202,16 @@ impl WindowPager {
                 Some(link) => link.clone(),
                 None => self.list_url(&cursor),
             };
+            let (stats, throttling) = (&mut self.stats, &self.throttling);
+            let mut on_throttled = |wait| {
+                stats.throttled += 1;
+                if let Some(counter) = throttling {
+                    counter.record(wait);
+                }
+            };
             let page = self
                 .client
-                .fetch_page(&self.tenant, self.feed, &url)
+                .fetch_page(&self.tenant, self.feed, &url, &mut on_throttled)
                 .await?;
             let step = self.advance(&cursor, &url, &page)?;
             self.stats.pages += 1;
@@ -221,6 +246,7 @@ impl WindowPager {
                 feed: self.feed,
                 id: it.id,
                 last_update: it.last_update,
+                fields: it.fields,
                 raw: it.raw,
             });
         }

@@ -7,6 +7,7 @@
 //! few dozen lines; the paused-time tests below pin its behaviour.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -280,9 +281,72 @@ impl RateLimiter {
     }
 }
 
+/// The 429s one feed of one tenant received and the waits they imposed, counted as each
+/// answer arrives. Most 429s are retried inside [`WindowPager::next_page`] and never
+/// surface as an error, so this is the only place they can be seen.
+///
+/// The poller owns one per (tenant, feed) for the life of the process and hands it to
+/// every pager it opens ([`WindowPager::count_throttling`]); a metrics scrape reads it
+/// at any time. Each update is two relaxed atomic adds.
+///
+/// [`WindowPager::next_page`]: crate::WindowPager::next_page
+/// [`WindowPager::count_throttling`]: crate::WindowPager::count_throttling
+#[derive(Debug, Default)]
+pub struct ThrottleCounter {
+    responses: AtomicU64,
+    wait_micros: AtomicU64,
+}
+
+impl ThrottleCounter {
+    /// A counter at zero.
+    pub fn new() -> ThrottleCounter {
+        ThrottleCounter::default()
+    }
+
+    /// 429 answers received.
+    pub fn responses(&self) -> u64 {
+        self.responses.load(Ordering::Relaxed)
+    }
+
+    /// The waits those answers imposed, summed: each one's `Retry-After`, or the client's
+    /// backoff when it had none. Summed per answer, so two feeds of one API family
+    /// throttled at once count their overlapping waits twice.
+    pub fn waited(&self) -> Duration {
+        Duration::from_micros(self.wait_micros.load(Ordering::Relaxed))
+    }
+
+    /// One 429 that asked for `wait`.
+    pub(crate) fn record(&self, wait: Duration) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        // Saturating: an absurd Retry-After must not wrap the total around to small.
+        let _ = self
+            .wait_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_add(micros))
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_counter_counts_answers_and_sums_waits_without_wrapping() {
+        let c = ThrottleCounter::new();
+        assert_eq!((c.responses(), c.waited()), (0, Duration::ZERO));
+        c.record(Duration::from_secs(2));
+        c.record(Duration::from_millis(1500));
+        assert_eq!(
+            (c.responses(), c.waited()),
+            (2, Duration::from_millis(3500))
+        );
+        c.record(Duration::MAX);
+        c.record(Duration::from_secs(1));
+        assert_eq!(c.responses(), 4);
+        assert_eq!(c.waited(), Duration::from_micros(u64::MAX));
+    }
 
     fn limiter(quotas: Vec<Quota>) -> RateLimiter {
         RateLimiter::new(RateLimits {

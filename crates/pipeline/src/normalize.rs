@@ -1,46 +1,10 @@
 //! Normalize: one API item becomes the sink-neutral [`Event`]. Pure; the raw document is
-//! moved into the event untouched.
-
-use std::borrow::Cow;
+//! moved into the event untouched and not read again: the fields an event needs from it
+//! were read while its page was parsed ([`relay_defender::ItemFields`]).
 
 use relay_config::Feed;
-use relay_defender::Item;
+use relay_defender::{Item, ItemFields};
 use relay_sinks::{Event, Severity};
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-
-/// The few fields normalize reads from the document. Everything else is skipped by the
-/// parser without being built into a tree.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Fields<'a> {
-    #[serde(borrow)]
-    severity: Option<Text<'a>>,
-    #[serde(borrow)]
-    title: Option<Text<'a>>,
-    #[serde(borrow, rename = "incidentName")]
-    incident_name: Option<Text<'a>>,
-    #[serde(borrow, rename = "displayName")]
-    display_name: Option<Text<'a>>,
-}
-
-/// A field that should be a string; anything else (a number, an object, `null`) is
-/// tolerated and treated as absent rather than failing the whole item.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Text<'a> {
-    Str(#[serde(borrow)] Cow<'a, str>),
-    Other(IgnoredAny),
-}
-
-impl Text<'_> {
-    fn into_string(self) -> Option<String> {
-        match self {
-            Text::Str(s) if !s.trim().is_empty() => Some(s.into_owned()),
-            _ => None,
-        }
-    }
-}
 
 /// Turns `item` into the [`Event`] every sink formats from: tenant id and name, stream and
 /// feed, id, version time, severity (from the document's `severity` via
@@ -48,26 +12,23 @@ impl Text<'_> {
 /// M365 Defender incidents, `displayName` for Graph incidents, `title` for alerts — else
 /// whichever of them the document has). The document itself is kept whole.
 ///
-/// A document normalize cannot read (the pager only hands over valid JSON objects, so this
-/// is theoretical) still becomes an event, with unknown severity and no title: dropping it
-/// would lose the version.
+/// Fields that are missing, not strings, blank, or unreadable (see [`ItemFields`]) give
+/// an unknown severity and no title rather than an error: dropping the item would lose
+/// the version.
 pub fn normalize(item: Item) -> Event {
-    let fields: Fields<'_> = serde_json::from_str(item.raw.get()).unwrap_or_default();
-    let severity = fields
-        .severity
-        .and_then(Text::into_string)
-        .map_or(Severity::Unknown, |s| Severity::from_api(&s));
+    let ItemFields {
+        severity,
+        title,
+        incident_name,
+        display_name,
+    } = item.fields;
+    let severity = severity.map_or(Severity::Unknown, |s| Severity::from_api(&s));
     let [own, a, b] = match item.feed {
-        Feed::M365dIncidents => [fields.incident_name, fields.display_name, fields.title],
-        Feed::GraphIncidents => [fields.display_name, fields.incident_name, fields.title],
-        Feed::MdeAlerts | Feed::GraphAlerts => {
-            [fields.title, fields.display_name, fields.incident_name]
-        }
+        Feed::M365dIncidents => [incident_name, display_name, title],
+        Feed::GraphIncidents => [display_name, incident_name, title],
+        Feed::MdeAlerts | Feed::GraphAlerts => [title, display_name, incident_name],
     };
-    let title = [own, a, b]
-        .into_iter()
-        .flatten()
-        .find_map(Text::into_string);
+    let title = own.or(a).or(b);
     Event {
         tenant_id: item.tenant_id,
         tenant_name: item.tenant,
@@ -89,13 +50,15 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn item(feed: Feed, raw: &str) -> Item {
+        let raw = RawValue::from_string(raw.to_string()).unwrap();
         Item {
             tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
             tenant: "contoso".into(),
             feed,
             id: "924565".into(),
             last_update: "2020-09-06T14:46:57.29Z".parse::<DateTime<Utc>>().unwrap(),
-            raw: RawValue::from_string(raw.to_string()).unwrap(),
+            fields: ItemFields::from_raw(&raw),
+            raw,
         }
     }
 
@@ -148,6 +111,100 @@ mod tests {
         ));
         assert_eq!(e.severity, Severity::Unknown);
         assert_eq!(e.title, None);
+    }
+
+    /// The items of a one-element page of `feed`, as the pager hands them over.
+    fn parsed(feed: Feed, element: &str) -> Item {
+        let body = format!(r#"{{"value":[{element}]}}"#);
+        let mut page = relay_defender::parse_page(feed, body.as_bytes()).unwrap();
+        let it = page.items.remove(0);
+        Item {
+            tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
+            tenant: "contoso".into(),
+            feed,
+            id: it.id,
+            last_update: it.last_update,
+            fields: it.fields,
+            raw: it.raw,
+        }
+    }
+
+    #[test]
+    fn each_feed_prefers_its_own_title_from_the_page_pass() {
+        // Every candidate present: the feed's own wins.
+        let all = r#""title":"T","incidentName":"I","displayName":"D","severity":" HIGH ""#;
+        for (feed, head, title) in [
+            (
+                Feed::M365dIncidents,
+                r#""incidentId":1,"lastUpdateTime":"2024-01-01T00:00:00Z""#,
+                "I",
+            ),
+            (
+                Feed::GraphIncidents,
+                r#""id":"1","lastUpdateDateTime":"2024-01-01T00:00:00Z""#,
+                "D",
+            ),
+            (
+                Feed::MdeAlerts,
+                r#""id":"da1","lastUpdateTime":"2024-01-01T00:00:00Z""#,
+                "T",
+            ),
+            (
+                Feed::GraphAlerts,
+                r#""id":"da1","lastUpdateDateTime":"2024-01-01T00:00:00Z""#,
+                "T",
+            ),
+        ] {
+            let doc = format!("{{{head},{all}}}");
+            let e = normalize(parsed(feed, &doc));
+            assert_eq!(e.title.as_deref(), Some(title), "{feed:?}");
+            assert_eq!(e.severity, Severity::High, "{feed:?}");
+            assert_eq!(e.raw.get(), doc, "{feed:?}");
+        }
+        // The fallback order when the own field is missing or blank.
+        let e = normalize(parsed(
+            Feed::M365dIncidents,
+            r#"{"incidentId":1,"lastUpdateTime":"2024-01-01T00:00:00Z","incidentName":" ","title":"T","displayName":"D"}"#,
+        ));
+        assert_eq!(e.title.as_deref(), Some("D"));
+        let e = normalize(parsed(
+            Feed::GraphIncidents,
+            r#"{"id":"1","lastUpdateDateTime":"2024-01-01T00:00:00Z","title":"T","incidentName":"I"}"#,
+        ));
+        assert_eq!(e.title.as_deref(), Some("I"));
+        let e = normalize(parsed(
+            Feed::GraphAlerts,
+            r#"{"id":"1","lastUpdateDateTime":"2024-01-01T00:00:00Z","incidentName":"I","displayName":"D"}"#,
+        ));
+        assert_eq!(e.title.as_deref(), Some("D"));
+    }
+
+    #[test]
+    fn hostile_title_text_is_unescaped_exactly() {
+        let e = normalize(parsed(
+            Feed::GraphAlerts,
+            r#"{"id":"da1","lastUpdateDateTime":"2024-01-01T00:00:00Z","title":"Run \"x.ps1\" on caf\u00e9\u0000 <b>&amp;</b>\r\n","severity":"m\u0065dium"}"#,
+        ));
+        assert_eq!(
+            e.title.as_deref(),
+            Some("Run \"x.ps1\" on caf\u{e9}\u{0} <b>&amp;</b>\r\n")
+        );
+        assert_eq!(e.severity, Severity::Medium);
+    }
+
+    #[test]
+    fn repeated_severity_or_title_gives_unknown_and_no_title_as_before() {
+        // serde's derive refused a document with a repeated field, and normalize fell
+        // back to nothing; the page pass keeps that.
+        for doc in [
+            r#"{"id":"1","lastUpdateDateTime":"2024-01-01T00:00:00Z","title":"T","severity":"high","severity":"high"}"#,
+            r#"{"id":"1","lastUpdateDateTime":"2024-01-01T00:00:00Z","title":"T","severity":"high","title":"U"}"#,
+        ] {
+            let e = normalize(parsed(Feed::GraphAlerts, doc));
+            assert_eq!((e.severity, e.title), (Severity::Unknown, None), "{doc}");
+            let e = normalize(item(Feed::GraphAlerts, doc));
+            assert_eq!((e.severity, e.title), (Severity::Unknown, None), "{doc}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use rand::SeedableRng;
 use relay_auth::TokenManager;
 use relay_config::Feed;
 use relay_defender::{ApiFamily, DefenderClient, DefenderError};
+use relay_sinks::Event;
 use relay_state::{truncate_to_tick, AuthState, PollCommit, StateError, StateStore};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -233,7 +234,10 @@ impl FeedTask {
         debug!(from = %from.to_rfc3339(), to = %to.to_rfc3339(), seen = seen.len(), "polling window");
 
         let sink_names: Arc<[String]> = self.sinks.iter().map(|s| s.name.clone()).collect();
-        let mut pager = self.client.window(&self.plan.target, self.feed, from, to);
+        let mut pager = self
+            .client
+            .window(&self.plan.target, self.feed, from, to)
+            .count_throttling(Arc::clone(&self.stats.throttling));
         let mut events = 0u64;
         let mut duplicates = 0u64;
         loop {
@@ -253,10 +257,11 @@ impl FeedTask {
                     duplicates += 1;
                     continue;
                 }
-                let id = item.id.clone();
                 let event = normalize(item);
-                let bytes = serde_json::to_vec(&event)
-                    .map_err(|source| PollError::Encode { id, source })?;
+                let bytes = encode(&event).map_err(|source| PollError::Encode {
+                    id: event.id.clone(),
+                    source,
+                })?;
                 seen.insert(key.clone());
                 page_seen.push(key);
                 payloads.push(bytes);
@@ -441,6 +446,16 @@ impl FeedTask {
     }
 }
 
+/// An event as its outbox rows hold it: the bytes of `serde_json::to_vec`, written into a
+/// buffer sized for the document up front rather than grown from 128 bytes through every
+/// power of two (each growth copying what was written so far). `raw` is copied verbatim,
+/// not scanned.
+fn encode(event: &Event) -> Result<Vec<u8>, serde_json::Error> {
+    let mut bytes = Vec::with_capacity(event.approx_bytes());
+    serde_json::to_writer(&mut bytes, event)?;
+    Ok(bytes)
+}
+
 /// Same kind and detail; the `since` of a state that did not change does not matter.
 fn same_auth(a: &AuthState, b: &AuthState) -> bool {
     match (a, b) {
@@ -491,6 +506,26 @@ mod tests {
             &AuthState::Ok { since: t0 },
             &consent("AADSTS50173", t0)
         ));
+    }
+
+    #[test]
+    fn outbox_encoding_is_serde_json_to_vec() {
+        let raw = r#"{"id":"da1","title":"Suspicious \"PowerShell\" caf\u00e9","severity":"high","n":[1,2,{"x":null}]}"#;
+        let event = Event {
+            tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
+            tenant_name: "contoso \"east\"".into(),
+            stream: relay_config::Stream::Alerts,
+            feed: Feed::GraphAlerts,
+            id: "da1".into(),
+            version_time: "2024-01-01T00:00:00.1234567Z".parse().unwrap(),
+            severity: relay_sinks::Severity::High,
+            title: Some("Suspicious \"PowerShell\" café\n".into()),
+            raw: serde_json::value::RawValue::from_string(raw.into()).unwrap(),
+        };
+        let bytes = encode(&event).unwrap();
+        assert_eq!(bytes, serde_json::to_vec(&event).unwrap());
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains(raw), "raw is embedded verbatim: {text}");
     }
 
     #[test]

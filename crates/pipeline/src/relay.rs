@@ -153,6 +153,7 @@ impl Relay {
         }
 
         let status = StatusHandle::new(
+            tokens.clone(),
             tenants.iter().map(|t| Arc::clone(&t.tenant)).collect(),
             tenants
                 .iter()

@@ -164,8 +164,12 @@ impl SinkWorker {
             lingered = false;
 
             let events = self.decode(rows);
+            // From the start of the send to the destination's acknowledgement (`send`
+            // returns Ok only then); the outbox bookkeeping after it is ours, not the sink's.
+            let mut ack_latency = None;
             if !events.is_empty() {
                 self.cell.set_state(SinkState::Delivering);
+                let sending = tokio::time::Instant::now();
                 let sent = tokio::select! {
                     biased;
                     _ = stop.hard.cancelled() => {
@@ -199,6 +203,7 @@ impl SinkWorker {
                     }
                     continue;
                 }
+                ack_latency = Some(sending.elapsed());
             }
             attempt = 0;
 
@@ -223,8 +228,19 @@ impl SinkWorker {
             self.cell
                 .sent
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
-            self.cell.inner.lock().last_delivery = Some(Utc::now());
-            debug!(events = events.len(), up_to = last_seq, "batch delivered");
+            {
+                let mut i = self.cell.inner.lock();
+                i.last_delivery = Some(Utc::now());
+                if let Some(took) = ack_latency {
+                    i.ack_latency.observe(took);
+                }
+            }
+            debug!(
+                events = events.len(),
+                up_to = last_seq,
+                ?ack_latency,
+                "batch delivered"
+            );
             self.refresh_depth().await;
         }
 
@@ -359,10 +375,20 @@ mod tests {
         state: &Arc<StateStore>,
         linger: Duration,
     ) -> (Arc<SinkCell>, StopSignals, tokio::task::JoinHandle<()>) {
+        start_with(receiver, state, |config| config.batch.linger = linger)
+    }
+
+    /// A worker on a HEC sink with at most 100 events per request, configured further by
+    /// `configure`.
+    fn start_with(
+        receiver: &HecReceiver,
+        state: &Arc<StateStore>,
+        configure: impl FnOnce(&mut SplunkHecSinkConfig),
+    ) -> (Arc<SinkCell>, StopSignals, tokio::task::JoinHandle<()>) {
         let mut config = SplunkHecSinkConfig::new(SINK, receiver.url(), Secret::new(DEFAULT_TOKEN));
         config.gzip = false;
         config.batch.max_events = 100;
-        config.batch.linger = linger;
+        configure(&mut config);
         let sink = AnySink::SplunkHec(SplunkHecSink::new(config).unwrap());
         let cell = Arc::new(SinkCell::new(SINK, "splunk_hec", OutboxDepth::default()));
         let stop = StopSignals {
@@ -457,5 +483,63 @@ mod tests {
             .unwrap();
         assert!(drained.elapsed() < Duration::from_secs(10));
         assert_eq!(request_sizes(&receiver), vec![5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ack_latency_is_observed_once_per_acknowledged_batch_and_never_for_failed_sends() {
+        use relay_sinks::splunk_hec::test_receiver::{AckMode, HecReceiverConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            StateStore::open(&dir.path().join("state.db"), None, StoreOptions::default()).unwrap(),
+        );
+        let receiver = HecReceiver::start(HecReceiverConfig {
+            indexer_ack: true,
+            ..HecReceiverConfig::default()
+        })
+        .await
+        .unwrap();
+        // Each batch is confirmed at the third ack query, 100 ms apart: at least 0.2 s
+        // from send to acknowledgement. The first request is refused (busy) and retried.
+        receiver.set_ack_mode(AckMode::AfterQueries(2));
+        receiver.set_busy(1);
+        append(&state, 0..150);
+        let (cell, stop, task) = start_with(&receiver, &state, |config| {
+            config.indexer_ack.enabled = true;
+            config.indexer_ack.poll_interval = Duration::from_millis(100);
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while cell.sent.load(Ordering::Relaxed) < 150 {
+            assert!(tokio::time::Instant::now() < deadline, "not delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let (histogram, failures) = {
+            let i = cell.inner.lock();
+            (i.ack_latency.clone(), i.failures)
+        };
+        assert_eq!(failures, 1);
+        assert_eq!(
+            histogram.count(),
+            2,
+            "batches of 100 and 50; the refused send is not one"
+        );
+        let buckets: Vec<(f64, u64)> = histogram.cumulative().collect();
+        assert_eq!(
+            buckets.iter().find(|(le, _)| *le == 0.1),
+            Some(&(0.1, 0)),
+            "{buckets:?}"
+        );
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 2)));
+        assert!(
+            (0.4..20.0).contains(&histogram.sum_seconds()),
+            "{}",
+            histogram.sum_seconds()
+        );
+
+        stop.drain.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -1,6 +1,11 @@
 //! Live, in-memory counters of the running relay, for the demo's status line, `/metrics`
 //! and tests. Taking a snapshot locks each small cell briefly and never touches the state
 //! store or the network.
+//!
+//! Besides the cells below, a snapshot reads two counters kept where they happen: the
+//! 429s of each (tenant, feed) in a [`ThrottleCounter`] its pagers update as answers
+//! arrive, and the token requests of each tenant in the [`TokenManager`]. Everything resets
+//! when the process restarts (Prometheus counters are built for that).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,7 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
+use relay_auth::{RefreshCounts, TokenManager};
 use relay_config::{Feed, Stream};
+use relay_defender::ThrottleCounter;
 use relay_state::{AuthState, OutboxDepth};
 use serde::Serialize;
 
@@ -23,6 +30,8 @@ pub struct StatusHandle {
 #[derive(Debug)]
 struct Shared {
     started_at: DateTime<Utc>,
+    /// For the token-request counters of each tenant.
+    tokens: TokenManager,
     /// Replaced as a whole by a config reload; a snapshot reads one version of each list.
     tenants: RwLock<Vec<Arc<TenantCell>>>,
     feeds: RwLock<Vec<Arc<FeedCell>>>,
@@ -42,6 +51,7 @@ pub(crate) struct Retired {
 
 impl StatusHandle {
     pub(crate) fn new(
+        tokens: TokenManager,
         tenants: Vec<Arc<TenantCell>>,
         feeds: Vec<Arc<FeedCell>>,
         sinks: Vec<Arc<SinkCell>>,
@@ -49,6 +59,7 @@ impl StatusHandle {
         StatusHandle {
             inner: Arc::new(Shared {
                 started_at: Utc::now(),
+                tokens,
                 tenants: RwLock::new(tenants),
                 feeds: RwLock::new(feeds),
                 sinks,
@@ -68,7 +79,7 @@ impl StatusHandle {
                 .tenants
                 .read()
                 .iter()
-                .map(|t| t.snapshot())
+                .map(|t| t.snapshot(&self.inner.tokens))
                 .collect(),
             feeds: self
                 .inner
@@ -169,6 +180,8 @@ pub struct TenantStats {
     pub tenant_id: String,
     /// The auth state last recorded in the state store (`None` before the first poll).
     pub auth: Option<AuthState>,
+    /// Token requests since the start, per audience asked for, in audience order.
+    pub token_refreshes: Vec<RefreshCounts>,
 }
 
 /// Failed polls of one feed, by what the operator should make of them.
@@ -224,6 +237,11 @@ pub struct FeedStats {
     pub skipped_outbox_full: u64,
     /// The sink whose full outbox is pausing this feed right now.
     pub paused_by_sink: Option<String>,
+    /// 429 answers from the API, counted as they arrive: those retried within a poll
+    /// (which end in no error) included.
+    pub throttled: u64,
+    /// The waits those 429s imposed, summed (`Retry-After`, or the client's backoff).
+    pub throttled_wait: Duration,
 }
 
 /// Where a sink worker stands.
@@ -265,6 +283,75 @@ pub struct SinkStats {
     pub last_error: Option<String>,
     /// The outbox as last read by the worker.
     pub outbox: OutboxDepth,
+    /// How long the destination took to acknowledge each delivered batch.
+    pub ack_latency: LatencyHistogram,
+}
+
+/// Upper bounds, in seconds, of the [`SinkStats::ack_latency`] buckets: from a file sink's
+/// fsync (milliseconds) to a Splunk HEC batch waiting for indexer acknowledgement (polled
+/// every 10 s, given up after 300 s by default) or a Kafka batch with `acks=all` on a
+/// struggling cluster.
+pub const ACK_LATENCY_BOUNDS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Durations in fixed buckets, as a Prometheus histogram keeps them: exact count and sum,
+/// the distribution to within a bucket. Observing is a search among a dozen bounds and
+/// three additions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyHistogram {
+    /// Upper bounds in seconds, ascending; a last, unbounded bucket follows them.
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative), one more than `bounds`.
+    counts: Vec<u64>,
+    /// Sum of every observation, seconds.
+    sum_seconds: f64,
+}
+
+impl LatencyHistogram {
+    /// An empty histogram with buckets up to each of `bounds` (seconds, ascending) and one
+    /// above them all.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        LatencyHistogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum_seconds: 0.0,
+        }
+    }
+
+    /// An empty histogram with the [`ACK_LATENCY_BOUNDS`].
+    pub fn ack_latency() -> Self {
+        LatencyHistogram::new(&ACK_LATENCY_BOUNDS)
+    }
+
+    /// Records one duration, in the first bucket whose bound is not below it.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.partition_point(|b| *b < secs);
+        self.counts[i] += 1;
+        self.sum_seconds += secs;
+    }
+
+    /// Observations in total.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Sum of the observations, seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+
+    /// `(upper bound, observations at or below it)` per bucket in ascending order, the last
+    /// one `(+Inf, count)`: Prometheus' `_bucket{le}` series.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        bounds.zip(&self.counts).scan(0u64, |total, (bound, n)| {
+            *total += n;
+            Some((bound, *total))
+        })
+    }
 }
 
 /// Mutable side of one tenant's stats, plus the per-tenant log rate limit.
@@ -292,11 +379,12 @@ impl TenantCell {
         }
     }
 
-    fn snapshot(&self) -> TenantStats {
+    fn snapshot(&self, tokens: &TokenManager) -> TenantStats {
         TenantStats {
             name: self.name.clone(),
             tenant_id: self.tenant_id.clone(),
             auth: self.inner.lock().auth.clone(),
+            token_refreshes: tokens.refresh_counts(&self.name),
         }
     }
 }
@@ -307,6 +395,8 @@ pub(crate) struct FeedCell {
     pub(crate) tenant: String,
     pub(crate) feed: Feed,
     pub(crate) inner: Mutex<FeedInner>,
+    /// Handed to every pager of this feed, which counts 429s in it as they arrive.
+    pub(crate) throttling: Arc<ThrottleCounter>,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +419,7 @@ impl FeedCell {
             tenant: tenant.to_owned(),
             feed,
             inner: Mutex::new(FeedInner::default()),
+            throttling: Arc::new(ThrottleCounter::new()),
         }
     }
 
@@ -351,6 +442,8 @@ impl FeedCell {
                 .map(|c| (now - c).to_std().unwrap_or(Duration::ZERO)),
             skipped_outbox_full: i.skipped_outbox_full,
             paused_by_sink: i.paused_by_sink.clone(),
+            throttled: self.throttling.responses(),
+            throttled_wait: self.throttling.waited(),
         }
     }
 }
@@ -379,6 +472,7 @@ pub(crate) struct SinkInner {
     pub(crate) last_delivery: Option<DateTime<Utc>>,
     pub(crate) last_error: Option<String>,
     pub(crate) outbox: OutboxDepth,
+    pub(crate) ack_latency: LatencyHistogram,
 }
 
 impl SinkCell {
@@ -397,6 +491,7 @@ impl SinkCell {
                 last_delivery: None,
                 last_error: None,
                 outbox: depth,
+                ack_latency: LatencyHistogram::ack_latency(),
             }),
         }
     }
@@ -444,6 +539,144 @@ impl SinkCell {
             last_delivery: i.last_delivery,
             last_error: i.last_error.clone(),
             outbox: i.outbox,
+            ack_latency: i.ack_latency.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_inclusive_and_cumulative() {
+        const BOUNDS: [f64; 3] = [0.1, 1.0, 10.0];
+        let mut h = LatencyHistogram::new(&BOUNDS);
+        assert_eq!(h.count(), 0);
+        assert_eq!(
+            h.cumulative().collect::<Vec<_>>(),
+            [(0.1, 0), (1.0, 0), (10.0, 0), (f64::INFINITY, 0)]
+        );
+        for ms in [0, 100, 101, 1_000, 2_500, 10_000, 10_001, 3_600_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(
+            h.cumulative().collect::<Vec<_>>(),
+            [(0.1, 2), (1.0, 4), (10.0, 6), (f64::INFINITY, 8)]
+        );
+        assert_eq!(h.count(), 8);
+        assert!(
+            (h.sum_seconds() - 3_623.702).abs() < 1e-9,
+            "{}",
+            h.sum_seconds()
+        );
+    }
+
+    #[test]
+    fn ack_latency_buckets_ascend_and_reach_the_indexer_ack_timeout() {
+        assert!(ACK_LATENCY_BOUNDS.windows(2).all(|w| w[0] < w[1]));
+        let h = LatencyHistogram::ack_latency();
+        assert_eq!(h.cumulative().count(), ACK_LATENCY_BOUNDS.len() + 1);
+        assert_eq!(ACK_LATENCY_BOUNDS.last(), Some(&300.0));
+    }
+
+    /// The status of one tenant reading Graph alerts from `sim` through the real token
+    /// manager and API client, the way the relay wires them.
+    #[tokio::test]
+    async fn snapshots_read_the_live_throttle_and_token_counters() {
+        use relay_sim::{ApiFault, FaultKind, Sim, SimConfig};
+        let sim = Sim::start(SimConfig {
+            tenants: 1,
+            activity: 0,
+            quotas_enabled: false,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let t = sim.tenants()[0].clone();
+        let tokens = TokenManager::new(
+            reqwest::Client::new(),
+            Arc::new(relay_auth::MemoryStore::new()),
+            relay_auth::ManagerOptions::default(),
+        );
+        tokens.upsert_tenant(relay_auth::TenantAuth {
+            name: t.name.clone(),
+            tenant_id: t.tenant_id.clone(),
+            endpoints: sim.endpoints(),
+            client_id: t.client_id.clone(),
+            credential: relay_auth::Credential::ClientSecret {
+                secret: relay_config::Secret::new(t.client_secret.clone()),
+            },
+            token_version: relay_auth::TokenVersion::V2,
+        });
+        let client = relay_defender::DefenderClient::new(
+            reqwest::Client::new(),
+            Arc::new(tokens.clone()),
+            relay_defender::ClientOptions {
+                rate_limits: relay_defender::RateLimits::unlimited(),
+                ..relay_defender::ClientOptions::default()
+            },
+        );
+        let tenant = Arc::new(TenantCell::new(&t.name, &t.tenant_id));
+        let feed = Arc::new(FeedCell::new(&t.name, Feed::GraphAlerts));
+        let sink = Arc::new(SinkCell::new("file", "file", OutboxDepth::default()));
+        let status = StatusHandle::new(
+            tokens,
+            vec![tenant],
+            vec![Arc::clone(&feed)],
+            vec![Arc::clone(&sink)],
+        );
+        let before = status.snapshot();
+        assert_eq!(
+            (before.feeds[0].throttled, before.feeds[0].throttled_wait),
+            (0, Duration::ZERO)
+        );
+        assert!(before.tenants[0].token_refreshes.is_empty());
+        assert_eq!(before.sinks[0].ack_latency.count(), 0);
+
+        // Two 429s retried inside one poll, which then succeeds.
+        sim.set_fault(
+            &t.tenant_id,
+            ApiFault::new(FaultKind::TooManyRequests {
+                retry_after_secs: 1,
+            })
+            .times(2),
+        )
+        .unwrap();
+        let target = relay_defender::TenantTarget {
+            name: t.name.clone(),
+            tenant_id: t.tenant_id.clone(),
+            endpoints: sim.endpoints(),
+        };
+        let now = Utc::now();
+        let mut pager = client
+            .window(
+                &target,
+                Feed::GraphAlerts,
+                now - chrono::Duration::hours(1),
+                now,
+            )
+            .count_throttling(Arc::clone(&feed.throttling));
+        while pager.next_page().await.unwrap().is_some() {}
+        // What the sink worker does on an acknowledgement.
+        sink.inner
+            .lock()
+            .ack_latency
+            .observe(Duration::from_millis(30));
+
+        let after = status.snapshot();
+        assert_eq!(after.feeds[0].throttled, 2);
+        assert_eq!(after.feeds[0].throttled_wait, Duration::from_secs(2));
+        assert_eq!(
+            after.tenants[0].token_refreshes,
+            [RefreshCounts {
+                audience: relay_config::Audience::Graph,
+                ok: 1,
+                failed: 0,
+                needs_consent: 0,
+            }]
+        );
+        assert_eq!(after.sinks[0].ack_latency.count(), 1);
+        sim.shutdown().await;
     }
 }

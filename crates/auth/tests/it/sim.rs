@@ -5,7 +5,7 @@ use crate::harness::{Kind, SimEntra, SimOptions};
 use crate::util::*;
 use relay_auth::{
     AccessToken, AuthError, AuthState, FailureKind, ManagerOptions, MemoryStore, OAuthError,
-    TokenManager, TokenVersion,
+    RefreshCounts, TokenManager, TokenVersion,
 };
 use relay_config::{Audience, Secret};
 use relay_sim::entra::{AppRegistration, GrantKind, TokenFault};
@@ -570,4 +570,74 @@ async fn registering_the_same_configuration_again_keeps_the_rotated_refresh_toke
     // The initial token is dead (no grace); the rotated one kept in memory works.
     let t2 = m.access_token("contoso", Audience::Graph).await.unwrap();
     sim.verify(&t2.secret, Audience::Graph);
+}
+
+#[tokio::test]
+async fn token_requests_are_counted_per_audience_by_outcome_across_reconfiguration() {
+    let sim = SimEntra::start(SimOptions::default());
+    let (m, _) = memory_manager();
+    assert!(m.refresh_counts("contoso").is_empty(), "unknown tenant");
+    m.upsert_tenant(sim.tenant("contoso", 0, Kind::ClientSecret, V2));
+    m.upsert_tenant(sim.tenant("fabrikam", 1, Kind::RefreshToken, V2));
+    assert!(m.refresh_counts("contoso").is_empty(), "before any request");
+    let counts = |ok, failed, needs_consent| RefreshCounts {
+        audience: Audience::Graph,
+        ok,
+        failed,
+        needs_consent,
+    };
+
+    // Issued, then served from the cache: one request.
+    let graph = m.access_token("contoso", Audience::Graph).await.unwrap();
+    m.access_token("contoso", Audience::Graph).await.unwrap();
+    m.access_token("fabrikam", Audience::Graph).await.unwrap();
+    m.access_token("contoso", Audience::WindowsDefenderAtp)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.refresh_counts("contoso"),
+        [
+            RefreshCounts {
+                audience: Audience::WindowsDefenderAtp,
+                ..counts(1, 0, 0)
+            },
+            counts(1, 0, 0),
+        ],
+        "in audience order"
+    );
+    let graph_counts = |tenant| {
+        m.refresh_counts(tenant)
+            .into_iter()
+            .find(|c| c.audience == Audience::Graph)
+            .unwrap()
+    };
+
+    // Entra down: the next request fails.
+    sim.fault(0, Some(TokenFault::Down));
+    m.invalidate("contoso", Audience::Graph, &graph);
+    m.access_token("contoso", Audience::Graph)
+        .await
+        .unwrap_err();
+    assert_eq!(graph_counts("contoso"), counts(1, 1, 0));
+
+    // Consent withdrawn: one request learns it, later calls are refused from memory.
+    sim.fault(0, None);
+    sim.entra.revoke_consent(sim.tenant_id(0));
+    for _ in 0..3 {
+        assert!(m
+            .access_token("contoso", Audience::Graph)
+            .await
+            .unwrap_err()
+            .is_needs_consent());
+    }
+    assert_eq!(graph_counts("contoso"), counts(1, 1, 1));
+
+    // A changed configuration (re-onboarding) keeps the counts; removal drops them.
+    sim.entra.restore(sim.tenant_id(0));
+    m.upsert_tenant(sim.tenant("contoso", 0, Kind::ClientSecret, V1));
+    m.access_token("contoso", Audience::Graph).await.unwrap();
+    assert_eq!(graph_counts("contoso"), counts(2, 1, 1));
+    assert_eq!(m.refresh_counts("fabrikam"), [counts(1, 0, 0)]);
+    m.remove_tenant("contoso");
+    assert!(m.refresh_counts("contoso").is_empty());
 }
