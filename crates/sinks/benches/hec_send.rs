@@ -1,71 +1,32 @@
-//! HEC sink throughput: 100,000 ~6 KB Graph alerts (the three real `alerts_v2` samples in
-//! `testdata/`, in turn, with distinct ids) through `SplunkHecSink::send`, cut into batches the way the sink worker
-//! cuts them (`batch_limits`), to a local receiver that reads each body and answers 200.
+//! HEC sink throughput: 100,000 distinct ~6 KB Graph alerts built from the real samples
+//! (`common::graph_alerts`) through `SplunkHecSink::send`, cut into batches the way the sink
+//! worker cuts them (`batch_limits`), to a local receiver that reads each body and answers
+//! 200.
 //!
 //! The receiver runs on its own thread with its own runtime and measures its own CPU
 //! (`getrusage(RUSAGE_THREAD)`), so the sink's CPU is the process's (`RUSAGE_SELF`) minus
 //! the receiver's. Prints events/s and events per CPU-second of the sink, gzip off and on.
-//! The documents repeat every third event, so gzip finds more to share than in real
-//! traffic: the bytes on the wire with gzip are optimistic (distinct alerts compress about
-//! 5.5:1). The outbox → worker → sink benchmark comes with the pipeline.
+//! Every document differs in its ids, hashes, hosts and times, so gzip works as hard as on
+//! real traffic (about 7:1). The outbox → worker → sink benchmark is the workspace's
+//! `examples/sink_bench.rs`.
 //!
 //! `cargo bench -p relay-sinks --bench hec_send`
+
+mod common;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
+use common::BoxError;
 use nix::sys::resource::{getrusage, UsageWho};
-use relay_config::{Feed, Secret};
-use relay_sinks::{Event, Severity, Sink, SplunkHecSink, SplunkHecSinkConfig};
-use serde_json::value::RawValue;
-use serde_json::Value;
+use relay_config::Secret;
+use relay_sinks::{Event, Sink, SplunkHecSink, SplunkHecSinkConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SAMPLES: [&str; 2] = [
-    include_str!("../testdata/graph-alerts_v2-1.json"),
-    include_str!("../testdata/graph-alerts_v2-3-docs.json"),
-];
 const EVENTS: usize = 100_000;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn events() -> Result<Vec<Event>, BoxError> {
-    let mut alerts = Vec::new();
-    for sample in SAMPLES {
-        let page: Value = serde_json::from_str(sample)?;
-        alerts.extend(
-            page["value"]
-                .as_array()
-                .ok_or("sample has no value array")?
-                .iter()
-                .cloned(),
-        );
-    }
-    (0..EVENTS)
-        .map(|i| {
-            let a = &alerts[i % alerts.len()];
-            let mut doc = a.clone();
-            doc["id"] = Value::String(format!("{}-{i}", a["id"].as_str().unwrap_or("")));
-            Ok(Event {
-                tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
-                tenant_name: format!("tenant{:04}", i % 1000),
-                stream: Feed::GraphAlerts.stream(),
-                feed: Feed::GraphAlerts,
-                id: doc["id"].as_str().unwrap_or("").to_string(),
-                version_time: a["lastUpdateDateTime"]
-                    .as_str()
-                    .ok_or("alert without lastUpdateDateTime")?
-                    .parse()?,
-                severity: Severity::from_api(a["severity"].as_str().unwrap_or("")),
-                title: a["title"].as_str().map(str::to_string),
-                raw: RawValue::from_string(doc.to_string())?,
-            })
-        })
-        .collect()
-}
 
 /// CPU seconds (user + system) of `who`.
 fn cpu(who: UsageWho) -> Result<f64, BoxError> {
@@ -200,7 +161,7 @@ async fn run(events: &[Event], gzip: bool) -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    let events = events()?;
+    let events = common::graph_alerts(EVENTS)?;
     let avg = events.iter().map(|e| e.raw.get().len()).sum::<usize>() / events.len();
     println!("{} events, {avg} B per document on average", events.len());
     let rt = tokio::runtime::Builder::new_multi_thread()

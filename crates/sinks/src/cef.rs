@@ -23,6 +23,9 @@
 //! * empty values are left out, leading and trailing whitespace is trimmed (the standard
 //!   drops trailing spaces of the last pair anyway).
 
+mod doc;
+#[cfg(test)]
+mod legacy;
 mod mapping;
 
 use crate::event::{Event, Severity};
@@ -104,12 +107,12 @@ pub(crate) const NAME_MAX: usize = 512;
 /// Appends a header value, escaped: `\` → `\\`, `|` → `\|`, CR/LF (forbidden in the
 /// header) replaced by a space, NUL replaced by U+FFFD (see [`NUL_REPLACEMENT`]).
 pub fn escape_header(value: &str, out: &mut String) {
-    escape(value, out, |c| match c {
-        '\\' => Some("\\\\"),
-        '|' => Some("\\|"),
-        '\r' | '\n' => Some(" "),
-        '\0' => Some(NUL_REPLACEMENT),
-        _ => None,
+    const SPECIAL: [bool; 256] = specials(b"\\|\r\n\0");
+    escape(value, out, &SPECIAL, |b| match b {
+        b'\\' => "\\\\",
+        b'|' => "\\|",
+        b'\0' => NUL_REPLACEMENT,
+        _ => " ",
     })
 }
 
@@ -117,13 +120,13 @@ pub fn escape_header(value: &str, out: &mut String) {
 /// NUL → U+FFFD (see [`NUL_REPLACEMENT`]). Nothing else is escaped — in particular not `|`,
 /// which the standard says must stay bare.
 pub fn escape_extension(value: &str, out: &mut String) {
-    escape(value, out, |c| match c {
-        '\\' => Some("\\\\"),
-        '=' => Some("\\="),
-        '\r' => Some("\\r"),
-        '\n' => Some("\\n"),
-        '\0' => Some(NUL_REPLACEMENT),
-        _ => None,
+    const SPECIAL: [bool; 256] = specials(b"\\=\r\n\0");
+    escape(value, out, &SPECIAL, |b| match b {
+        b'\\' => "\\\\",
+        b'=' => "\\=",
+        b'\r' => "\\r",
+        b'\n' => "\\n",
+        _ => NUL_REPLACEMENT,
     })
 }
 
@@ -133,15 +136,34 @@ pub fn escape_extension(value: &str, out: &mut String) {
 /// test); a JSON document can carry `\u0000` in any attacker-controlled string.
 pub const NUL_REPLACEMENT: &str = "\u{FFFD}";
 
-fn escape(value: &str, out: &mut String, rule: impl Fn(char) -> Option<&'static str>) {
+/// A byte table of the (ASCII) characters in `set`.
+const fn specials(set: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < set.len() {
+        t[set[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Appends `value` with each byte marked in `special` replaced by `replacement(byte)`.
+fn escape(
+    value: &str,
+    out: &mut String,
+    special: &[bool; 256],
+    replacement: fn(u8) -> &'static str,
+) {
     let mut start = 0;
-    // Every character that needs escaping is ASCII, so byte offsets from char_indices are
-    // always on character boundaries.
-    for (i, c) in value.char_indices() {
-        if let Some(rep) = rule(c) {
+    // Every character that needs escaping is ASCII, and no byte of a multi-byte UTF-8
+    // character is, so matching bytes finds exactly those characters and every slice
+    // boundary falls between characters. (A byte table rather than matching `char`s: this
+    // runs over every value of every line.)
+    for (i, &b) in value.as_bytes().iter().enumerate() {
+        if special[usize::from(b)] {
             out.push_str(&value[start..i]);
-            out.push_str(rep);
-            start = i + c.len_utf8();
+            out.push_str(replacement(b));
+            start = i + 1;
         }
     }
     out.push_str(&value[start..]);
@@ -217,5 +239,7 @@ impl<'a> Extension<'a> {
 /// Longest `cs*Label` / `cn*Label` / `deviceCustomDate*Label`.
 pub(crate) const LABEL_MAX: usize = 1023;
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod tests;

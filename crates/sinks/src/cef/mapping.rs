@@ -1,7 +1,8 @@
 //! Which Defender field goes to which CEF key, per feed. Fields are read from the raw
-//! document by name; a missing or null field leaves its key out. The table lives in
-//! `docs/field-mappings.md` — change both together.
+//! document by name (`doc.rs` declares which); a missing or null field leaves its key out.
+//! The table lives in `docs/field-mappings.md` — change both together.
 
+use super::doc::{self, Doc, FileFields, List, Text, UserFields};
 use super::{
     default_product, escape_header, severity_number, truncate_chars, CefOptions, Extension,
     NAME_MAX, SIGNATURE_MAX, VENDOR_MAX, VERSION_MAX,
@@ -9,7 +10,6 @@ use super::{
 use crate::event::Event;
 use chrono::{DateTime, Utc};
 use relay_config::Feed;
-use serde_json::Value;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -29,7 +29,7 @@ const DEVICE_EXTERNAL_ID_MAX: usize = 255;
 pub(super) fn encode(event: &Event, opts: &CefOptions, out: &mut String) {
     // `raw` is valid JSON by construction; a document that is not an object just maps to
     // no extension fields beyond the envelope's.
-    let doc: Value = serde_json::from_str(event.raw.get()).unwrap_or(Value::Null);
+    let doc = doc::parse(event.raw.get());
     let is_alert = matches!(event.feed, Feed::MdeAlerts | Feed::GraphAlerts);
 
     out.push_str("CEF:0|");
@@ -41,22 +41,22 @@ pub(super) fn encode(event: &Event, opts: &CefOptions, out: &mut String) {
     header(out, product, VENDOR_MAX);
     header(out, &opts.device_version, VERSION_MAX);
     let signature = if is_alert {
-        text(&doc, "detectorId").unwrap_or(Cow::Borrowed("alert"))
+        doc.detector_id.text().unwrap_or(Cow::Borrowed("alert"))
     } else {
         Cow::Borrowed("incident")
     };
     header(out, &signature, SIGNATURE_MAX);
     let title_field = match event.feed {
-        Feed::MdeAlerts | Feed::GraphAlerts => "title",
-        Feed::GraphIncidents => "displayName",
-        Feed::M365dIncidents => "incidentName",
+        Feed::MdeAlerts | Feed::GraphAlerts => &doc.title,
+        Feed::GraphIncidents => &doc.display_name,
+        Feed::M365dIncidents => &doc.incident_name,
     };
     let name = event
         .title
         .as_deref()
         .filter(|t| !t.trim().is_empty())
         .map(Cow::Borrowed)
-        .or_else(|| text(&doc, title_field))
+        .or_else(|| title_field.text())
         .unwrap_or(Cow::Borrowed(if is_alert {
             "Defender alert"
         } else {
@@ -70,8 +70,8 @@ pub(super) fn encode(event: &Event, opts: &CefOptions, out: &mut String) {
     match event.feed {
         Feed::GraphAlerts => alert(&mut ext, event, &doc, &graph_alert_fields(&doc)),
         Feed::MdeAlerts => alert(&mut ext, event, &doc, &mde_alert_fields(&doc)),
-        Feed::GraphIncidents => incident(&mut ext, event, &doc, &GRAPH_INCIDENT),
-        Feed::M365dIncidents => incident(&mut ext, event, &doc, &M365D_INCIDENT),
+        Feed::GraphIncidents => incident(&mut ext, event, &doc, &graph_incident_fields(&doc)),
+        Feed::M365dIncidents => incident(&mut ext, event, &doc, &m365d_incident_fields(&doc)),
     }
 }
 
@@ -81,11 +81,10 @@ fn header(out: &mut String, value: &str, max_chars: usize) {
 }
 
 /// What the two alert feeds have in common once their names are resolved.
-#[derive(Default)]
 struct AlertFields<'a> {
-    created: &'static str,
-    first_activity: &'static str,
-    last_activity: &'static str,
+    created: &'a Text<'a>,
+    first_activity: &'a Text<'a>,
+    last_activity: &'a Text<'a>,
     threat: Option<Cow<'a, str>>,
     actor: Option<Cow<'a, str>>,
     portal_url: Option<Cow<'a, str>>,
@@ -94,7 +93,7 @@ struct AlertFields<'a> {
     user: Option<User<'a>>,
     ip: Option<Cow<'a, str>>,
     url: Option<Cow<'a, str>>,
-    file: Option<&'a Value>,
+    file: Option<&'a FileFields<'a>>,
 }
 
 struct User<'a> {
@@ -103,31 +102,35 @@ struct User<'a> {
 }
 
 impl<'a> User<'a> {
-    /// `accountName` (or `userName`) and `domainName`; the UPN stands in for the name when
-    /// there is no account name (`suser` takes e-mail addresses too).
-    fn from(v: &'a Value, name_field: &str) -> Option<User<'a>> {
-        let name = text(v, name_field).or_else(|| text(v, "userPrincipalName"));
-        let domain = text(v, "domainName");
+    /// `name` (`accountName` or `userName`) and `domainName` of `v`; the UPN stands in for
+    /// the name when there is no account name (`suser` takes e-mail addresses too).
+    fn from(v: &'a UserFields<'a>, name: &'a Text<'a>) -> Option<User<'a>> {
+        let name = name.text().or_else(|| v.user_principal_name.text());
+        let domain = v.domain_name.text();
         (name.is_some() || domain.is_some()).then_some(User { name, domain })
+    }
+
+    fn by_account_name(v: &'a UserFields<'a>) -> Option<User<'a>> {
+        User::from(v, &v.account_name)
     }
 }
 
-fn alert(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &AlertFields<'_>) {
-    if let Some(ms) = epoch_ms(doc, f.created) {
+fn alert(ext: &mut Extension<'_>, event: &Event, doc: &Doc<'_>, f: &AlertFields<'_>) {
+    if let Some(ms) = epoch_ms(f.created) {
         ext.number("rt", ms);
     }
-    if let Some(ms) = epoch_ms(doc, f.first_activity) {
+    if let Some(ms) = epoch_ms(f.first_activity) {
         ext.number("start", ms);
     }
-    if let Some(ms) = epoch_ms(doc, f.last_activity) {
+    if let Some(ms) = epoch_ms(f.last_activity) {
         ext.number("end", ms);
     }
     external_id(ext, &event.id);
-    ext.text("cat", STR_MAX, &text(doc, "category").unwrap_or_default());
+    ext.text("cat", STR_MAX, &doc.category.text().unwrap_or_default());
     ext.text(
         "sourceServiceName",
         STR_MAX,
-        &text(doc, "detectionSource").unwrap_or_default(),
+        &doc.detection_source.text().unwrap_or_default(),
     );
     if let Some(host) = &f.host {
         ext.text("shost", STR_MAX, host);
@@ -157,21 +160,13 @@ fn alert(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &AlertFields<'_
     }
     ext.text("request", STR_MAX, f.url.as_deref().unwrap_or(""));
     if let Some(file) = f.file {
-        ext.text(
-            "fname",
-            STR_MAX,
-            &text(file, "fileName").unwrap_or_default(),
-        );
+        ext.text("fname", STR_MAX, &file.file_name.text().unwrap_or_default());
         ext.text(
             "filePath",
             STR_MAX,
-            &text(file, "filePath").unwrap_or_default(),
+            &file.file_path.text().unwrap_or_default(),
         );
-        ext.text(
-            "fileHash",
-            HASH_MAX,
-            &text(file, "sha1").unwrap_or_default(),
-        );
+        ext.text("fileHash", HASH_MAX, &file.sha1.text().unwrap_or_default());
     }
     ext.labelled(
         "cs1",
@@ -185,14 +180,14 @@ fn alert(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &AlertFields<'_
         "cs2Label",
         "IncidentId",
         CS_MAX,
-        &text(doc, "incidentId").unwrap_or_default(),
+        &doc.incident_id.text().unwrap_or_default(),
     );
     ext.labelled(
         "cs3",
         "cs3Label",
         "MitreTechniques",
         CS_MAX,
-        &join_strings(doc.get("mitreTechniques")),
+        &join_strings(&doc.mitre_techniques),
     );
     ext.labelled(
         "cs4",
@@ -207,14 +202,14 @@ fn alert(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &AlertFields<'_
             "cs6Label",
             "Sha256",
             CS_MAX,
-            &text(file, "sha256").unwrap_or_default(),
+            &file.sha256.text().unwrap_or_default(),
         );
     }
     common_tail(ext, event, doc, f.portal_url.as_deref());
 }
 
 /// Fields every feed ends with: portal link, status, version time and description.
-fn common_tail(ext: &mut Extension<'_>, event: &Event, doc: &Value, portal_url: Option<&str>) {
+fn common_tail(ext: &mut Extension<'_>, event: &Event, doc: &Doc<'_>, portal_url: Option<&str>) {
     if let Some(url) = portal_url {
         flex(ext, "flexString1", "PortalUrl", url);
     }
@@ -222,18 +217,14 @@ fn common_tail(ext: &mut Extension<'_>, event: &Event, doc: &Value, portal_url: 
         ext,
         "flexString2",
         "Status",
-        &text(doc, "status").unwrap_or_default(),
+        &doc.status.text().unwrap_or_default(),
     );
     // The customer tenant: one ArcSight receives every customer of the MSSP, and analysts
     // and ArcSight's customer assignment need to know whose event this is.
     ext.text("deviceExternalId", DEVICE_EXTERNAL_ID_MAX, &event.tenant_id);
     ext.text("deviceCustomDate1Label", super::LABEL_MAX, "LastUpdateTime");
     ext.number("deviceCustomDate1", event.version_time.timestamp_millis());
-    ext.text(
-        "msg",
-        MSG_MAX,
-        &text(doc, "description").unwrap_or_default(),
-    );
+    ext.text("msg", MSG_MAX, &doc.description.text().unwrap_or_default());
 }
 
 fn flex(ext: &mut Extension<'_>, key: &str, label: &str, value: &str) {
@@ -261,62 +252,63 @@ fn external_id(ext: &mut Extension<'_>, id: &str) {
 /// Graph `alerts_v2`: entities come from the typed `evidence` list; the first evidence of
 /// each kind wins. File details prefer `fileEvidence` over a process's `imageFile`; the user
 /// prefers `userEvidence` over a process's `userAccount`.
-fn graph_alert_fields(doc: &Value) -> AlertFields<'_> {
+fn graph_alert_fields<'a>(doc: &'a Doc<'a>) -> AlertFields<'a> {
     let mut f = AlertFields {
-        created: "createdDateTime",
-        first_activity: "firstActivityDateTime",
-        last_activity: "lastActivityDateTime",
-        threat: text(doc, "threatDisplayName").or_else(|| text(doc, "threatFamilyName")),
-        actor: text(doc, "actorDisplayName"),
-        portal_url: text(doc, "alertWebUrl"),
-        ..AlertFields::default()
+        created: &doc.created_date_time,
+        first_activity: &doc.first_activity_date_time,
+        last_activity: &doc.last_activity_date_time,
+        threat: doc
+            .threat_display_name
+            .text()
+            .or_else(|| doc.threat_family_name.text()),
+        actor: doc.actor_display_name.text(),
+        portal_url: doc.alert_web_url.text(),
+        host: None,
+        logged_on: Vec::new(),
+        user: None,
+        ip: None,
+        url: None,
+        file: None,
     };
+    // The first file evidence that has `fileDetails` wins, even when they are not an object
+    // (then the process's image file is used).
+    let mut file_details: Option<Option<&FileFields<'_>>> = None;
     let mut process_file = None;
     let mut process_user = None;
-    for ev in doc
-        .get("evidence")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let kind = ev
-            .get("@odata.type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .trim_start_matches("#microsoft.graph.security.");
+    for ev in doc.evidence.iter() {
+        // `trim_start_matches` (every leading copy of the prefix), without building a
+        // substring searcher for each evidence.
+        let mut kind = ev.odata_type.as_str().unwrap_or("");
+        while let Some(rest) = kind.strip_prefix("#microsoft.graph.security.") {
+            kind = rest;
+        }
         match kind {
             "deviceEvidence" if f.host.is_none() => {
-                f.host = text(ev, "deviceDnsName");
+                f.host = ev.device_dns_name.text();
                 f.logged_on = ev
-                    .get("loggedOnUsers")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|u| logon_name(text(u, "domainName"), text(u, "accountName")))
+                    .logged_on_users
+                    .iter()
+                    .filter_map(|u| logon_name(u.domain_name.text(), u.account_name.text()))
                     .collect();
             }
             "userEvidence" if f.user.is_none() => {
-                f.user = ev
-                    .get("userAccount")
-                    .and_then(|u| User::from(u, "accountName"));
+                f.user = User::by_account_name(&ev.user_account);
             }
-            "ipEvidence" if f.ip.is_none() => f.ip = text(ev, "ipAddress"),
-            "urlEvidence" if f.url.is_none() => f.url = text(ev, "url"),
-            "fileEvidence" if f.file.is_none() => f.file = ev.get("fileDetails"),
+            "ipEvidence" if f.ip.is_none() => f.ip = ev.ip_address.text(),
+            "urlEvidence" if f.url.is_none() => f.url = ev.url.text(),
+            "fileEvidence" if file_details.is_none() => file_details = ev.file_details.get(),
             "processEvidence" => {
                 if process_file.is_none() {
-                    process_file = ev.get("imageFile").filter(|v| v.is_object());
+                    process_file = ev.image_file.object();
                 }
                 if process_user.is_none() {
-                    process_user = ev
-                        .get("userAccount")
-                        .and_then(|u| User::from(u, "accountName"));
+                    process_user = User::by_account_name(&ev.user_account);
                 }
             }
             _ => {}
         }
     }
-    f.file = f.file.filter(|v| v.is_object()).or(process_file);
+    f.file = file_details.flatten().or(process_file);
     f.user = f.user.or(process_user);
     f
 }
@@ -324,32 +316,33 @@ fn graph_alert_fields(doc: &Value) -> AlertFields<'_> {
 /// Defender for Endpoint `/api/alerts?$expand=evidence`: the device is the alert's own
 /// `computerDnsName`, the user its `relatedUser`; the rest comes from `evidence` by
 /// `entityType`, first of each kind, `File` before `Process` for file details.
-fn mde_alert_fields(doc: &Value) -> AlertFields<'_> {
+fn mde_alert_fields<'a>(doc: &'a Doc<'a>) -> AlertFields<'a> {
     let mut f = AlertFields {
-        created: "alertCreationTime",
-        first_activity: "firstEventTime",
-        last_activity: "lastEventTime",
-        threat: text(doc, "threatName").or_else(|| text(doc, "threatFamilyName")),
-        host: text(doc, "computerDnsName"),
-        user: doc
-            .get("relatedUser")
-            .and_then(|u| User::from(u, "userName")),
-        ..AlertFields::default()
+        created: &doc.alert_creation_time,
+        first_activity: &doc.first_event_time,
+        last_activity: &doc.last_event_time,
+        threat: doc
+            .threat_name
+            .text()
+            .or_else(|| doc.threat_family_name.text()),
+        actor: None,
+        portal_url: None,
+        host: doc.computer_dns_name.text(),
+        logged_on: Vec::new(),
+        user: User::from(&doc.related_user, &doc.related_user.user_name),
+        ip: None,
+        url: None,
+        file: None,
     };
     let mut process_file = None;
     let mut evidence_user = None;
-    for ev in doc
-        .get("evidence")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        match ev.get("entityType").and_then(Value::as_str).unwrap_or("") {
-            "User" if evidence_user.is_none() => evidence_user = User::from(ev, "accountName"),
-            "Ip" if f.ip.is_none() => f.ip = text(ev, "ipAddress"),
-            "Url" if f.url.is_none() => f.url = text(ev, "url"),
-            "File" if f.file.is_none() => f.file = Some(ev),
-            "Process" if process_file.is_none() => process_file = Some(ev),
+    for ev in doc.evidence.iter() {
+        match ev.entity_type.as_str().unwrap_or("") {
+            "User" if evidence_user.is_none() => evidence_user = User::by_account_name(&ev.user),
+            "Ip" if f.ip.is_none() => f.ip = ev.ip_address.text(),
+            "Url" if f.url.is_none() => f.url = ev.url.text(),
+            "File" if f.file.is_none() => f.file = Some(&ev.file),
+            "Process" if process_file.is_none() => process_file = Some(&ev.file),
             _ => {}
         }
     }
@@ -358,29 +351,37 @@ fn mde_alert_fields(doc: &Value) -> AlertFields<'_> {
     f
 }
 
-/// Field names of one incident feed.
-struct IncidentFields {
-    created: &'static str,
-    portal_url: Option<&'static str>,
-    tag_lists: &'static [&'static str],
+/// Where one incident feed keeps its creation time, portal link and tag lists.
+struct IncidentFields<'a> {
+    created: &'a Text<'a>,
+    portal_url: Option<&'a Text<'a>>,
+    tag_lists: [Option<&'a List<Text<'a>>>; 3],
 }
 
-const GRAPH_INCIDENT: IncidentFields = IncidentFields {
-    created: "createdDateTime",
-    portal_url: Some("incidentWebUrl"),
-    tag_lists: &["tags", "customTags", "systemTags"],
-};
+fn graph_incident_fields<'a>(doc: &'a Doc<'a>) -> IncidentFields<'a> {
+    IncidentFields {
+        created: &doc.created_date_time,
+        portal_url: Some(&doc.incident_web_url),
+        tag_lists: [
+            Some(&doc.tags),
+            Some(&doc.custom_tags),
+            Some(&doc.system_tags),
+        ],
+    }
+}
 
-const M365D_INCIDENT: IncidentFields = IncidentFields {
-    created: "createdTime",
-    portal_url: None,
-    tag_lists: &["tags"],
-};
+fn m365d_incident_fields<'a>(doc: &'a Doc<'a>) -> IncidentFields<'a> {
+    IncidentFields {
+        created: &doc.created_time,
+        portal_url: None,
+        tag_lists: [Some(&doc.tags), None, None],
+    }
+}
 
 /// Incidents have no legacy mapping; they get the same envelope keys as alerts and their
 /// triage fields in custom strings. Entities stay with the alerts stream.
-fn incident(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &IncidentFields) {
-    if let Some(ms) = epoch_ms(doc, f.created) {
+fn incident(ext: &mut Extension<'_>, event: &Event, doc: &Doc<'_>, f: &IncidentFields<'_>) {
+    if let Some(ms) = epoch_ms(f.created) {
         ext.number("rt", ms);
     }
     external_id(ext, &event.id);
@@ -389,12 +390,12 @@ fn incident(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &IncidentFie
         "cs1Label",
         "Classification",
         CS_MAX,
-        &text(doc, "classification").unwrap_or_default(),
+        &doc.classification.text().unwrap_or_default(),
     );
     ext.labelled("cs2", "cs2Label", "IncidentId", CS_MAX, &event.id);
     let mut tags: Vec<String> = Vec::new();
-    for list in f.tag_lists {
-        for t in join_parts(doc.get(*list)) {
+    for list in f.tag_lists.into_iter().flatten() {
+        for t in join_parts(list) {
             if !tags.contains(&t) {
                 tags.push(t);
             }
@@ -406,35 +407,26 @@ fn incident(ext: &mut Extension<'_>, event: &Event, doc: &Value, f: &IncidentFie
         "cs4Label",
         "AssignedTo",
         CS_MAX,
-        &text(doc, "assignedTo").unwrap_or_default(),
+        &doc.assigned_to.text().unwrap_or_default(),
     );
     ext.labelled(
         "cs5",
         "cs5Label",
         "Determination",
         CS_MAX,
-        &text(doc, "determination").unwrap_or_default(),
+        &doc.determination.text().unwrap_or_default(),
     );
-    if let Some(alerts) = doc.get("alerts").and_then(Value::as_array) {
+    if let Some(alerts) = doc.alerts.0 {
         ext.text("cn1Label", super::LABEL_MAX, "AlertCount");
-        ext.number("cn1", i64::try_from(alerts.len()).unwrap_or(i64::MAX));
+        ext.number("cn1", i64::try_from(alerts).unwrap_or(i64::MAX));
     }
-    let url = f.portal_url.and_then(|k| text(doc, k));
+    let url = f.portal_url.and_then(Text::text);
     common_tail(ext, event, doc, url.as_deref());
 }
 
-/// A string or number field as text; `None` when missing, null, empty or of another type.
-fn text<'a>(v: &'a Value, key: &str) -> Option<Cow<'a, str>> {
-    match v.get(key)? {
-        Value::String(s) if !s.trim().is_empty() => Some(Cow::Borrowed(s.as_str())),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
-        _ => None,
-    }
-}
-
 /// An RFC 3339 time field as epoch milliseconds.
-fn epoch_ms(v: &Value, key: &str) -> Option<i64> {
-    let s = v.get(key)?.as_str()?;
+fn epoch_ms(v: &Text<'_>) -> Option<i64> {
+    let s = v.as_str()?;
     s.trim()
         .parse::<DateTime<Utc>>()
         .ok()
@@ -442,11 +434,9 @@ fn epoch_ms(v: &Value, key: &str) -> Option<i64> {
 }
 
 /// The non-empty strings of an array field.
-fn join_parts(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+fn join_parts(v: &List<Text<'_>>) -> Vec<String> {
+    v.iter()
+        .filter_map(Text::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
@@ -454,7 +444,7 @@ fn join_parts(v: Option<&Value>) -> Vec<String> {
 }
 
 /// The strings of an array field, comma-separated.
-fn join_strings(v: Option<&Value>) -> String {
+fn join_strings(v: &List<Text<'_>>) -> String {
     join_parts(v).join(",")
 }
 
