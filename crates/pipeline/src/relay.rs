@@ -7,6 +7,7 @@ use std::time::Duration;
 use relay_auth::{ManagerOptions, TokenManager};
 use relay_config::Config;
 use relay_defender::{ClientOptions, DefenderClient, RateLimits, TokenProvider};
+use relay_sinks::splunk_hec::HecLabels;
 use relay_sinks::AnySink;
 use relay_state::StateStore;
 use tokio::sync::Semaphore;
@@ -225,6 +226,13 @@ impl Relay {
         let sink_tasks = TaskTracker::new();
         let sink_names: Vec<String> = sinks.iter().map(|(_, c)| c.name.clone()).collect();
         let sink_cells: Vec<Arc<SinkCell>> = sinks.iter().map(|(_, c)| Arc::clone(c)).collect();
+        let hec_labels: BTreeMap<String, HecLabels> = sinks
+            .iter()
+            .filter_map(|(sink, cell)| match sink {
+                AnySink::SplunkHec(hec) => Some((cell.name.clone(), hec.labels())),
+                _ => None,
+            })
+            .collect();
         for (sink, cell) in sinks {
             let span = info_span!("sink", sink = %cell.name, kind = sink.kind());
             let worker = SinkWorker {
@@ -255,6 +263,7 @@ impl Relay {
         control
             .set_running(Live {
                 hec_baseline: hec_overrides(&config),
+                hec_labels,
                 config,
                 tenants: running,
                 spawner,

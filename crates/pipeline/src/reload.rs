@@ -6,10 +6,11 @@
 //!
 //! A reload is all or nothing: every added and changed tenant is checked first (its plan,
 //! its credential, its refresh token in the state store) and only if all of them pass is
-//! anything stopped or started. Sinks and the other `relay.toml` sections that are built
-//! once at start-up (`[state]`, `[http]`, `[admin]`, `[outbox]`, a HEC sink's per-tenant
-//! `sink_overrides`) cannot change live: a reload that changes one is rejected, naming it,
-//! and the running configuration is kept. Reloads are serialized; one that arrives before
+//! anything stopped or started. A tenant's `[sink_overrides.NAME]` for a HEC sink changes
+//! live (from the sink's next batch, including that tenant's events already queued). Sinks
+//! and the other `relay.toml` sections that are built once at start-up (`[state]`, `[http]`,
+//! `[admin]`, `[outbox]`) cannot change live: a reload that changes one is rejected, naming
+//! it, and the running configuration is kept. Reloads are serialized; one that arrives before
 //! [`Relay::run`](crate::Relay::run) started the tasks or after shutdown began is refused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,6 +24,7 @@ use relay_config::{
     StateKey, TenantConfig,
 };
 use relay_defender::DefenderClient;
+use relay_sinks::splunk_hec::HecLabels;
 use relay_state::StateStore;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -291,8 +293,11 @@ pub(crate) struct Live {
     pub(crate) sinks: Vec<Arc<SinkCell>>,
     pub(crate) status: StatusHandle,
     pub(crate) poll_interval_override: Option<Duration>,
-    /// `(tenant, sink) → overrides` the HEC sinks were built with.
+    /// `(tenant, sink) → overrides` the HEC sinks hold now.
     pub(crate) hec_baseline: BTreeMap<(String, String), HecOverrides>,
+    /// Each HEC sink's per-tenant labels, by sink name: how a reload changes a tenant's
+    /// `[sink_overrides.NAME]` while the sink runs.
+    pub(crate) hec_labels: BTreeMap<String, HecLabels>,
 }
 
 /// How a tenant to start gets its credential.
@@ -327,7 +332,15 @@ pub(crate) fn hec_overrides(config: &Config) -> BTreeMap<(String, String), HecOv
 impl Live {
     async fn reload(&mut self, new: Config) -> Result<ReloadReport, PipelineError> {
         let mut problems = fixed_section_changes(&self.config, &new);
-        problems.extend(hec_override_changes(&self.hec_baseline, &new));
+        let label_changes = hec_override_changes(&self.hec_baseline, &new);
+        for change in &label_changes {
+            // A sink that is itself new or changed is reported by fixed_section_changes.
+            if let Some(labels) = self.hec_labels.get(&change.sink) {
+                if let Err(e) = labels.check(&change.tenant, change.overrides.as_ref()) {
+                    problems.push(format!("{}: {}", change.file, chain(&e)));
+                }
+            }
+        }
 
         let old: HashMap<&str, &TenantConfig> = self
             .config
@@ -439,6 +452,27 @@ impl Live {
             self.spawner.tokens.remove_tenant(name);
             info!(tenant = %name, "tenant stopped: removed or disabled in the configuration");
         }
+        // Before the tenants start, so their first events carry the new labels. Checked
+        // above, so `set` cannot fail here short of a bug; if it did, the sink keeps the old
+        // labels and says so rather than the reload stopping half-way.
+        for change in label_changes {
+            let Some(labels) = self.hec_labels.get(&change.sink) else {
+                continue;
+            };
+            let key = (change.tenant.clone(), change.sink.clone());
+            match labels.set(&change.tenant, change.overrides.as_ref()) {
+                Ok(()) => {
+                    info!(tenant = %change.tenant, sink = %change.sink, "sink_overrides applied");
+                    match change.overrides {
+                        Some(o) => self.hec_baseline.insert(key, o),
+                        None => self.hec_baseline.remove(&key),
+                    };
+                }
+                Err(e) => {
+                    warn!(tenant = %change.tenant, sink = %change.sink, error = %chain(&e), "sink_overrides not applied; the previous labels stay");
+                }
+            }
+        }
 
         for start in starts {
             let previous = stopped.remove(&start.name);
@@ -535,14 +569,25 @@ fn fixed_section_changes(old: &Config, new: &Config) -> Vec<String> {
     problems
 }
 
-/// The HEC sinks hold every tenant's `sink_overrides` from start-up: a running tenant's
-/// overrides cannot change.
+/// A change of one tenant's `[sink_overrides.NAME]` for a running HEC sink.
+struct LabelChange {
+    tenant: String,
+    sink: String,
+    /// The new overrides; `None` removes them (the sink's own labels apply).
+    overrides: Option<HecOverrides>,
+    /// The tenant file, for error messages.
+    file: String,
+}
+
+/// The `[sink_overrides.NAME]` of HEC sinks that differ between what the sinks hold and the
+/// enabled tenants of `new`. A tenant that is removed or disabled keeps its labels in the
+/// sink: its events still queued in the outbox must reach its own index, never the shared one.
 fn hec_override_changes(
     baseline: &BTreeMap<(String, String), HecOverrides>,
     new: &Config,
-) -> Vec<String> {
+) -> Vec<LabelChange> {
     let current = hec_overrides(new);
-    let mut problems = Vec::new();
+    let mut changes = Vec::new();
     for t in new.enabled_tenants() {
         for (sink, config) in &new.sinks {
             if !matches!(config, SinkConfig::SplunkHec(_)) {
@@ -550,15 +595,16 @@ fn hec_override_changes(
             }
             let key = (t.name.clone(), sink.clone());
             if baseline.get(&key) != current.get(&key) {
-                problems.push(format!(
-                    "{}: sink_overrides.{sink}: differs from what the running HEC sink {sink} \
-                     was started with; it needs a restart: {RESTART_HINT}",
-                    t.file.display()
-                ));
+                changes.push(LabelChange {
+                    tenant: t.name.clone(),
+                    sink: sink.clone(),
+                    overrides: current.get(&key).cloned(),
+                    file: t.file.display().to_string(),
+                });
             }
         }
     }
-    problems
+    changes
 }
 
 fn same_state_key(a: &StateKey, b: &StateKey) -> bool {
@@ -856,7 +902,7 @@ client_secret = {{ env = "SECRET_{name}" }}
     }
 
     #[test]
-    fn hec_overrides_of_a_running_sink_cannot_change() {
+    fn hec_override_changes_name_tenant_sink_and_new_labels() {
         let dir = tempfile::tempdir().unwrap();
         let old = base(dir.path());
         let overridden = tenant("a", 1, "[sink_overrides.splunk]\nindex = \"cust_a\"");
@@ -875,12 +921,37 @@ client_secret = {{ env = "SECRET_{name}" }}
                 ("SECRET_c", "s-c"),
             ],
         );
-        let problems = hec_override_changes(&hec_overrides(&old), &new);
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].contains("a.toml: sink_overrides.splunk: differs"),
-            "{problems:?}"
+        let changes = hec_override_changes(&hec_overrides(&old), &new);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].tenant, "a");
+        assert_eq!(changes[0].sink, "splunk");
+        assert!(changes[0].file.ends_with("a.toml"), "{}", changes[0].file);
+        assert_eq!(
+            changes[0]
+                .overrides
+                .as_ref()
+                .and_then(|o| o.index.as_deref()),
+            Some("cust_a")
         );
+        // And back: removing the table removes the labels.
+        let back = hec_override_changes(&hec_overrides(&new), &old);
+        assert_eq!(back.len(), 1);
+        assert!(back[0].overrides.is_none());
+        // A tenant that goes away keeps its labels (its queued events go to its index).
+        let without_a = load(
+            dir.path(),
+            RELAY,
+            &[
+                ("b.toml", tenant("b", 2, "")),
+                ("c.toml", tenant("c", 3, "")),
+            ],
+            &[
+                ("HEC_TOKEN", "hec-1"),
+                ("SECRET_b", "s-b"),
+                ("SECRET_c", "s-c"),
+            ],
+        );
+        assert!(hec_override_changes(&hec_overrides(&new), &without_a).is_empty());
     }
 
     #[test]

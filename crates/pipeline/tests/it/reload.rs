@@ -302,3 +302,126 @@ async fn reload_adds_removes_and_restarts_tenants_without_loss_or_repeat() {
     }
     sim.shutdown().await;
 }
+
+/// A tenant's `[sink_overrides.NAME]` for a HEC sink changes on reload, live: its next
+/// events go to its own index while the other tenant's keep the sink's labels; an override
+/// the sink refuses rejects the reload, naming the tenant file, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_a_tenants_hec_labels_live() {
+    use relay_config::{HecOverrides, SplunkHecConfig};
+    use relay_sinks::splunk_hec::test_receiver::HecReceiver;
+
+    let sim = Sim::start(sim_config(2, 43)).await.unwrap();
+    let receiver = HecReceiver::start_default().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = spec(0, Api::Graph, Auth::ClientSecret);
+    let b = spec(1, Api::Graph, Auth::ClientSecret);
+    let mut initial = config(&sim, &[a, b], dir.path(), &dir.path().join("out"));
+    initial.sinks.insert(
+        "splunk".into(),
+        SinkConfig::SplunkHec(SplunkHecConfig {
+            url: receiver.url(),
+            token: relay_config::Secret::new(
+                relay_sinks::splunk_hec::test_receiver::HecReceiverConfig::default().token,
+            ),
+            index: None,
+            source: None,
+            sourcetype_incidents: None,
+            sourcetype_alerts: None,
+            host: None,
+            gzip: true,
+            request_timeout: Duration::from_secs(10),
+            batch: relay_config::BatchConfig {
+                linger: Duration::from_millis(100),
+                ..Default::default()
+            },
+            indexer_ack: Default::default(),
+            tls: Default::default(),
+        }),
+    );
+    for t in &mut initial.tenants {
+        t.sinks = vec!["splunk".into()];
+    }
+    let (na, nb) = ("t0", "t1");
+    let state = open_state(dir.path(), StoreOptions::default());
+    let relay = Relay::new(&initial, Arc::clone(&state), options()).unwrap();
+    let status = relay.status();
+    let reload = relay.reload_handle();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+
+    let index_of = |tenant: &str| -> Vec<Option<String>> {
+        receiver
+            .events()
+            .iter()
+            .filter(|e| e.envelope["fields"]["tenant_name"] == tenant)
+            .map(|e| e.envelope["index"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for(
+        &status,
+        Duration::from_secs(20),
+        "first events of both",
+        |_| !index_of(na).is_empty() && !index_of(nb).is_empty(),
+    )
+    .await;
+    assert!(index_of(na).iter().all(Option::is_none));
+
+    let with_overrides = |o: HecOverrides| {
+        let mut c = initial.clone();
+        let t = c.tenants.iter_mut().find(|t| t.name == na).unwrap();
+        t.hec_overrides.insert("splunk".into(), o);
+        c
+    };
+    let bad = with_overrides(HecOverrides {
+        source: Some("x{".into()),
+        ..Default::default()
+    });
+    let text = reload.reload(bad).await.unwrap_err().to_string();
+    assert!(
+        text.contains("t0.toml") && text.contains("sink_overrides.splunk.source"),
+        "{text}"
+    );
+
+    let report = reload
+        .reload(with_overrides(HecOverrides {
+            index: Some("cust_{tenant}".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(report.restarted, vec![na.to_string()]);
+    let b_before = index_of(nb).len();
+    wait_for(
+        &status,
+        Duration::from_secs(30),
+        "new events of both",
+        |_| {
+            index_of(na).iter().any(|i| i.as_deref() == Some("cust_t0"))
+                && index_of(nb).len() > b_before
+        },
+    )
+    .await;
+    // One worker sends batches in order: once the new labels show, every later event of
+    // the tenant has them (a batch encoded just before the reload may still arrive first).
+    let a_after = index_of(na);
+    let switch = a_after
+        .iter()
+        .position(|i| i.as_deref() == Some("cust_t0"))
+        .unwrap();
+    assert!(a_after[..switch].iter().all(Option::is_none), "{a_after:?}");
+    assert!(
+        a_after[switch..]
+            .iter()
+            .all(|i| i.as_deref() == Some("cust_t0")),
+        "{a_after:?}"
+    );
+    assert!(index_of(nb).iter().all(Option::is_none));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -43,7 +43,7 @@ mod tests;
 
 pub use config::SplunkHecSinkConfig;
 pub use response::HecUnavailable;
-pub use sink::SplunkHecSink;
+pub use sink::{HecLabels, SplunkHecSink};
 
 /// `error` and its sources, `: `-separated, for a log field.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {

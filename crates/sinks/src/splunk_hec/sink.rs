@@ -12,6 +12,7 @@ use crate::hec::HecOptions;
 use crate::sink::{BatchLimits, Sink};
 use relay_config::HecOverrides;
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -24,7 +25,7 @@ pub struct SplunkHecSink {
     name: String,
     // Boxed so that the sink stays small inside `AnySink`.
     client: Box<HecClient>,
-    labels: Box<Labels>,
+    labels: HecLabels,
     limits: BatchLimits,
     linger: Duration,
     /// `(timeout, poll_interval)` when indexer acknowledgement is on.
@@ -36,6 +37,66 @@ pub struct SplunkHecSink {
 struct Labels {
     options: HecOptions,
     tenants: HashMap<String, HecOptions>,
+}
+
+/// A handle on a running HEC sink's per-tenant envelope labels (`[sink_overrides.NAME]`),
+/// so a configuration reload can change one tenant's index, sourcetype or source while the
+/// sink worker owns the sink. A change applies from the next batch the sink encodes,
+/// including events of that tenant already queued in the outbox.
+#[derive(Debug, Clone)]
+pub struct HecLabels {
+    sink: String,
+    inner: Arc<RwLock<Labels>>,
+}
+
+impl HecLabels {
+    /// The name of the sink these labels belong to.
+    pub fn sink(&self) -> &str {
+        &self.sink
+    }
+
+    /// Whether `overrides` would be accepted for `tenant` by [`set`](Self::set), without
+    /// changing anything: a reload checks every change before applying any.
+    pub fn check(&self, tenant: &str, overrides: Option<&HecOverrides>) -> Result<(), SinkError> {
+        self.resolve(tenant, overrides).map(drop)
+    }
+
+    /// Sets (or with `None` removes) one tenant's `[sink_overrides.NAME]`; later batches use
+    /// them.
+    pub fn set(&self, tenant: &str, overrides: Option<&HecOverrides>) -> Result<(), SinkError> {
+        let resolved = self.resolve(tenant, overrides)?;
+        // A panic while the lock was held cannot leave the map half-updated (single
+        // insert/remove calls), so a poisoned lock is still consistent.
+        let mut labels = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        match resolved {
+            None => {
+                labels.tenants.remove(tenant);
+            }
+            Some(opts) => {
+                labels.tenants.insert(tenant.to_string(), opts);
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(
+        &self,
+        tenant: &str,
+        overrides: Option<&HecOverrides>,
+    ) -> Result<Option<HecOptions>, SinkError> {
+        let Some(o) = overrides else {
+            return Ok(None);
+        };
+        let labels = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        overlay(&labels.options, o, |k| {
+            format!("tenant {tenant}: sink_overrides.{}.{k}", self.sink)
+        })
+        .map(Some)
+        .map_err(|problems| SinkError::Config {
+            sink: self.sink.clone(),
+            reason: problems.join("; "),
+        })
+    }
 }
 
 impl SplunkHecSink {
@@ -54,11 +115,14 @@ impl SplunkHecSink {
             "splunk hec sink ready"
         );
         Ok(SplunkHecSink {
-            name: config.name,
-            labels: Box::new(Labels {
-                options: config.options,
-                tenants: config.tenant_options,
-            }),
+            name: config.name.clone(),
+            labels: HecLabels {
+                sink: config.name,
+                inner: Arc::new(RwLock::new(Labels {
+                    options: config.options,
+                    tenants: config.tenant_options,
+                })),
+            },
             limits: BatchLimits {
                 max_events: config.batch.max_events,
                 max_bytes: config.batch.max_bytes,
@@ -97,30 +161,13 @@ impl SplunkHecSink {
         tenant: &str,
         overrides: Option<&HecOverrides>,
     ) -> Result<(), SinkError> {
-        match overrides {
-            None => {
-                self.labels.tenants.remove(tenant);
-            }
-            Some(o) => {
-                let opts = overlay(&self.labels.options, o, |k| {
-                    format!("tenant {tenant}: sink_overrides.{}.{k}", self.name)
-                })
-                .map_err(|problems| SinkError::Config {
-                    sink: self.name.clone(),
-                    reason: problems.join("; "),
-                })?;
-                self.labels.tenants.insert(tenant.to_string(), opts);
-            }
-        }
-        Ok(())
+        self.labels.set(tenant, overrides)
     }
 
-    /// The envelope labels for `event`: its tenant's, else the sink's.
-    fn options_for(&self, event: &Event) -> &HecOptions {
-        self.labels
-            .tenants
-            .get(&event.tenant_name)
-            .unwrap_or(&self.labels.options)
+    /// A handle on this sink's per-tenant labels that stays valid after the sink moved into
+    /// its worker: how a reload changes `[sink_overrides.NAME]` live.
+    pub fn labels(&self) -> HecLabels {
+        self.labels.clone()
     }
 
     fn unavailable(&self, url: &Url, source: HecUnavailable) -> SinkError {
@@ -213,7 +260,24 @@ impl Sink for SplunkHecSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let requests = encode_requests(batch, |e| self.options_for(e), self.limits.max_bytes);
+        let requests = {
+            // Held only while encoding (no await): a reload waits at most one encode.
+            let labels = self
+                .labels
+                .inner
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            encode_requests(
+                batch,
+                |e| {
+                    labels
+                        .tenants
+                        .get(&e.tenant_name)
+                        .unwrap_or(&labels.options)
+                },
+                self.limits.max_bytes,
+            )
+        };
         let total = requests.len();
         let url = &self.client.event_url;
         // The ack deadline runs from the first request: Splunk's "resend what is not

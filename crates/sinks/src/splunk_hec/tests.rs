@@ -192,6 +192,77 @@ async fn tenant_overrides_label_only_that_tenants_events() {
     assert_eq!(r.events()[2].envelope["index"], "defender");
 }
 
+/// A reload changes a tenant's labels through the handle while a worker task owns the sink:
+/// the next batch carries them; a bad override is refused by `check` and `set` alike and
+/// changes nothing.
+#[tokio::test]
+async fn labels_handle_changes_a_running_sinks_tenant_labels() {
+    let r = HecReceiver::start_default().await.unwrap();
+    let mut c = config(&r);
+    c.options.index = Some(Template::parse("defender").unwrap());
+    let s = sink(c);
+    let labels = s.labels();
+    assert_eq!(labels.sink(), s.name());
+    type Job = (Vec<Event>, tokio::sync::oneshot::Sender<()>);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1);
+    let worker = tokio::spawn(async move {
+        let mut s = s;
+        while let Some((batch, done)) = rx.recv().await {
+            s.send(&batch).await.unwrap();
+            done.send(()).unwrap();
+        }
+    });
+    let send = |batch: Vec<Event>| {
+        let tx = tx.clone();
+        async move {
+            let (done, sent) = tokio::sync::oneshot::channel();
+            tx.send((batch, done)).await.unwrap();
+            sent.await.unwrap();
+        }
+    };
+    let fab = |id: &str| {
+        let mut e = small(id);
+        e.tenant_name = "fabrikam".into();
+        e
+    };
+    send(vec![fab("before")]).await;
+    let bad = relay_config::HecOverrides {
+        source: Some("x{".into()),
+        ..Default::default()
+    };
+    let err = labels
+        .check("fabrikam", Some(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tenant fabrikam: sink_overrides."), "{err}");
+    assert!(labels.set("fabrikam", Some(&bad)).is_err());
+    let good = relay_config::HecOverrides {
+        index: Some("cust_{tenant}".into()),
+        ..Default::default()
+    };
+    labels.check("fabrikam", Some(&good)).unwrap();
+    labels.set("fabrikam", Some(&good)).unwrap();
+    send(vec![fab("after"), small("other")]).await;
+    labels.set("fabrikam", None).unwrap();
+    send(vec![fab("removed")]).await;
+    drop(tx);
+    worker.await.unwrap();
+    let index_of: std::collections::HashMap<String, String> = r
+        .events()
+        .iter()
+        .map(|e| {
+            (
+                e.envelope["event"]["id"].as_str().unwrap().to_string(),
+                e.envelope["index"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(index_of["before"], "defender");
+    assert_eq!(index_of["after"], "cust_fabrikam");
+    assert_eq!(index_of["other"], "defender");
+    assert_eq!(index_of["removed"], "defender");
+}
+
 /// Every row of the status table through the wire: canned answers from the receiver, the
 /// sink's decision as the worker sees it (`is_transient`).
 #[tokio::test]
