@@ -292,7 +292,7 @@ async fn quota_is_applied_before_sending() {
         one_page(&c, &mock, Feed::GraphAlerts).await.unwrap();
     }
     let reqs = mock.requests();
-    assert!(reqs[1].at - reqs[0].at < Duration::from_millis(500));
+    assert!(reqs[1].at - reqs[0].at < Duration::from_millis(1000));
     assert!(
         reqs[2].at - reqs[0].at >= Duration::from_millis(1900),
         "{:?}",

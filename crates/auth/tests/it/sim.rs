@@ -377,7 +377,8 @@ async fn a_revoked_grant_needs_consent_once_and_then_fails_fast() {
             assert!(r.unwrap_err().is_needs_consent());
         }
     }
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // Generous for a loaded CI machine; a request per caller would take far longer.
+    assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(sim.requests(0, GrantKind::RefreshToken), requests);
     let Some(AuthState::NeedsConsent { error: e, since: s }) = m.auth_state("revoked") else {
         panic!("{:?}", m.auth_state("revoked"))
