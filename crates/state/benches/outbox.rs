@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     append.report("append (commit_poll)", rows);
     let disk = Disk::measure(&path)?;
     println!(
-        "on disk after append: {:.0} bytes/event in live pages (page_size {}), files {:.0} bytes/event",
+        "on disk after append: {:.0} bytes/event in live SQLite pages (page_size {}), files incl. segments {:.0} bytes/event",
         disk.live_bytes as f64 / rows as f64,
         disk.page_size,
         disk.file_bytes as f64 / rows as f64,
@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     ack.report("ack (after each batch)", rows);
     println!(
-        "database file after drain: {:.1} MB",
+        "state files and segments after drain: {:.1} MB",
         Disk::measure(&path)?.file_bytes as f64 / 1e6
     );
     store.close()?;
@@ -199,10 +199,20 @@ impl Disk {
             name.push(suffix);
             std::fs::metadata(name).map_or(0, |m| m.len())
         };
+        // Payloads live in segment files in `<state file>-outbox/`.
+        let mut segments = path.as_os_str().to_owned();
+        segments.push("-outbox");
+        let segment_bytes: u64 = match std::fs::read_dir(segments) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum(),
+            Err(_) => 0,
+        };
         Ok(Disk {
             page_size,
             live_bytes,
-            file_bytes: size("") + size("-wal"),
+            file_bytes: size("") + size("-wal") + segment_bytes,
         })
     }
 }

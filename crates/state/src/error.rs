@@ -19,8 +19,8 @@ pub enum StateError {
         path: PathBuf,
     },
 
-    /// The state file (or its `-wal`/`-shm` companions) could not be created, read or
-    /// have its permissions set.
+    /// The state file (or its `-wal`/`-shm` companions, or its `-outbox` segment
+    /// directory) could not be created, read or have its permissions set.
     #[error("state file {path}: {source}")]
     Io {
         /// The file at fault.
@@ -174,6 +174,51 @@ pub enum StateError {
         what: String,
     },
 
+    /// A queued outbox row refers to a segment file that is gone: deleted by hand, or the
+    /// state file was restored or copied without its `-outbox` directory.
+    #[error(
+        "outbox row {seq} of sink {sink}: its payload's segment file {segment} is missing \
+         (was the state file copied without its -outbox directory?)"
+    )]
+    SegmentMissing {
+        /// The sink whose row it is.
+        sink: String,
+        /// The row's sequence number.
+        seq: i64,
+        /// The missing segment file.
+        segment: PathBuf,
+    },
+
+    /// A queued outbox row's payload does not read back as written: its crc32 differs, or
+    /// the segment file ends before it. The disk or someone altered the file.
+    #[error(
+        "outbox row {seq} of sink {sink}: payload at offset {offset} of segment file \
+         {segment} is corrupt ({what})"
+    )]
+    PayloadCorrupt {
+        /// The sink whose row it is.
+        sink: String,
+        /// The row's sequence number.
+        seq: i64,
+        /// The segment file holding the payload.
+        segment: PathBuf,
+        /// Where the payload starts in it.
+        offset: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+
+    /// Creating, writing, syncing or reading an outbox segment file failed.
+    #[error("outbox segment file {segment}: {operation} failed: {source}")]
+    Segment {
+        /// The segment file (or the segment directory).
+        segment: PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+
     /// Any other SQLite failure (a constraint such as an empty sink or tenant name, disk
     /// full, an I/O error), with the operation that hit it.
     #[error("state file {path}: {operation} failed: {source}")]
@@ -194,6 +239,12 @@ impl StateError {
     pub fn is_transient(&self) -> bool {
         match self {
             StateError::Busy { .. } => true,
+            StateError::Segment { source, .. } => {
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::Interrupted
+                )
+            }
             StateError::Sqlite { source, .. } => matches!(
                 source.sqlite_error_code(),
                 Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::OutOfMemory)

@@ -1,4 +1,5 @@
-//! relay-state: xdr-relay's durable state, in one SQLite file.
+//! relay-state: xdr-relay's durable state, in one SQLite file plus the outbox payloads in
+//! append-only segment files in the `<state file>-outbox` directory beside it.
 //!
 //! It keeps what must survive a crash or restart so that no incident is lost or
 //! repeated: per (tenant, feed) the checkpoint and the versions already handed to the
@@ -7,7 +8,9 @@
 //! encrypted with a key kept outside the file. The central operation is
 //! [`StateStore::commit_poll`], one transaction that appends a poll's events to every
 //! outbox, records their versions as seen and advances the checkpoint: a crash before it
-//! re-polls, after it nothing is lost.
+//! re-polls, after it nothing is lost. An event's bytes are written once to a segment and
+//! fsynced before that transaction commits the rows (one per routed sink) pointing at them;
+//! a segment file is deleted once no row refers to it.
 //!
 //! The crate knows nothing of HTTP, Defender or sinks: tenants, feeds and sinks are
 //! string keys, events are bytes. The API is synchronous and narrow so that a second
@@ -17,6 +20,7 @@
 mod error;
 mod key;
 mod schema;
+mod segments;
 mod store;
 mod ticks;
 pub mod types;

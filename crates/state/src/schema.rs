@@ -12,7 +12,7 @@ pub(crate) const APPLICATION_ID: i32 = 0x5844_5252;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only: a released
 /// migration is never edited, since files in the field already ran it.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and reads.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -97,6 +97,18 @@ CREATE TABLE tenant_auth (
 const V2: &str = r#"
 DROP TRIGGER outbox_depth_append;
 DROP TRIGGER outbox_depth_ack;
+"#;
+
+// V3: payloads move to append-only segment files beside the state file (segments.rs); a
+// row keeps where its bytes are and their crc32, and an empty `payload`. Rows queued by
+// V1/V2 keep their inline payload and `segment` NULL, and are read as before. The partial
+// index finds the oldest referenced segment and whether a segment is still referenced, for
+// deleting drained segment files, without indexing the inline rows.
+const V3: &str = r#"
+ALTER TABLE outbox ADD COLUMN segment INTEGER;
+ALTER TABLE outbox ADD COLUMN segment_offset INTEGER;
+ALTER TABLE outbox ADD COLUMN crc32 INTEGER;
+CREATE INDEX outbox_by_segment ON outbox (segment) WHERE segment IS NOT NULL;
 "#;
 
 /// What the file header says about the database.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::segments::SEGMENT_BYTES;
 use crate::types::OutboxLimit;
 use chrono::Duration;
 use std::time::Duration as StdDuration;
@@ -634,20 +635,31 @@ fn drop_without_close_loses_nothing_committed() {
 const CRASH_CHILD_ENV: &str = "RELAY_STATE_CRASH_CHILD_DB";
 const CRASH_PRUNE_LAG: i64 = 10;
 
+/// Event `i` of the crash test: 1 to 8 KB, so a kill often lands in the middle of a
+/// segment write.
+fn crash_payload(i: i64) -> String {
+    format!(
+        "{i} {}",
+        "x".repeat(usize::try_from(i * 937 % 8_000).unwrap())
+    )
+}
+
 /// The writer half of `killed_writer_leaves_consistent_state`: commits poll after poll
 /// until it is killed. Commit `i` sets the checkpoint to `secs(i)`, appends event `i` to
-/// two sinks, records version `id{i}` and prunes versions older than `i - 10`; every 7th
-/// commit acknowledges all of `acked`.
+/// two sinks (one payload in the segment, shared by both rows), records version `id{i}` and
+/// prunes versions older than `i - 10`; every 7th commit acknowledges all of `acked`, and
+/// segments rotate every 64 KiB so acks delete segment files while the writer runs.
 #[test]
 #[ignore = "child process of killed_writer_leaves_consistent_state"]
 fn crash_child_writer() {
     let path =
         std::env::var(CRASH_CHILD_ENV).expect("run by killed_writer_leaves_consistent_state");
     let store = open(Path::new(&path), None);
+    set_segment_limit(&store, 64 << 10);
     // Bounded so an orphaned child stops by itself.
     for i in 0..20_000_i64 {
         let id = format!("id{i}");
-        let payload = format!("{i}");
+        let payload = crash_payload(i);
         store
             .commit_poll(&PollCommit {
                 tenant: "contoso",
@@ -720,9 +732,16 @@ fn killed_writer_leaves_consistent_state() {
         .unwrap();
     let n = (checkpoint - base()).num_seconds();
     assert!(n >= 30);
-    // Exactly the events of commits 0..=n, in order: none lost, none half-written.
-    let expected: Vec<String> = (0..=n).map(|i| i.to_string()).collect();
+    // Exactly the events of commits 0..=n, in order: none lost, none half-written (each
+    // read back from its segment and checked against its crc32).
+    let expected: Vec<String> = (0..=n).map(crash_payload).collect();
     assert_eq!(payloads(&drain(&store, "all")), expected);
+    let stored = stored_rows(&path, "all");
+    assert!(stored.iter().all(|r| r.1.is_some() && r.3 == 0));
+    assert!(
+        stored.last().unwrap().1 > stored.first().unwrap().1,
+        "the writer never rotated a segment"
+    );
     let depth = store.depth("all").unwrap();
     assert_eq!(depth.rows, u64::try_from(n + 1).unwrap());
     assert_eq!(
@@ -731,7 +750,7 @@ fn killed_writer_leaves_consistent_state() {
     );
     // The acked sink holds the commits after the last ack: a contiguous tail ending at n.
     let acked = payloads(&drain(&store, "acked"));
-    let tail_after = |ack: i64| -> Vec<String> { (ack + 1..=n).map(|i| i.to_string()).collect() };
+    let tail_after = |ack: i64| -> Vec<String> { (ack + 1..=n).map(crash_payload).collect() };
     let last_ack = n - n % 7;
     // When the last commit was itself an ack point, the kill may fall between that commit and
     // its ack, leaving the previous ack as the last one done.
@@ -752,6 +771,23 @@ fn killed_writer_leaves_consistent_state() {
         .map(|i| (format!("id{i}"), secs(i)))
         .collect();
     assert_eq!(seen, expected_seen);
+
+    // Segments no row refers to any more (acked by both sinks, or written by the commit
+    // the kill interrupted) were collected at the open; the rest are all still there.
+    let mut referenced: Vec<PathBuf> = stored_rows(&path, "all")
+        .iter()
+        .chain(&stored_rows(&path, "acked"))
+        .map(|r| segments::file_of(&segments::dir_of(&path), r.1.unwrap()))
+        .collect();
+    referenced.sort();
+    referenced.dedup();
+    assert_eq!(segment_files(&path), referenced);
+    // Writing goes on after the crash, into a new segment.
+    commit(&store, None, &[], &[("all", b"after the crash")]).unwrap();
+    assert_eq!(
+        payloads(&drain(&store, "all")).last().unwrap(),
+        "after the crash"
+    );
 }
 
 #[test]
@@ -1027,7 +1063,14 @@ fn files_are_private_whatever_the_umask() {
     ] {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
+    assert_eq!(mode(&segments::dir_of(&path)), 0o700);
+    let segment = segment_files(&path).remove(0);
+    assert_eq!(mode(&segment), 0o600, "{}", segment.display());
     drop(store);
+    // A segment directory someone opened up is closed again at the next open.
+    fs::set_permissions(segments::dir_of(&path), fs::Permissions::from_mode(0o755)).unwrap();
+    drop(open(&path, None));
+    assert_eq!(mode(&segments::dir_of(&path)), 0o700);
 
     // A file someone made world-readable is tightened at the next open.
     let loose = dir.path().join("loose.db");
@@ -1246,6 +1289,7 @@ fn read_only_open_never_creates_a_file() {
     assert!(matches!(err, StateError::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("state.db does not exist"), "{err}");
     assert!(!path.exists());
+    assert!(!segments::dir_of(&path).exists());
 }
 
 #[test]
@@ -1281,14 +1325,16 @@ fn missing_directory_is_an_io_error_naming_the_path() {
 fn drained_backlog_gives_its_space_back() {
     let (_dir, path) = temp_path();
     let store = open(&path, None);
-    let payload = vec![b'x'; 10_000];
-    let outbox: Vec<(&str, &[u8])> = (0..100).map(|_| ("splunk", payload.as_slice())).collect();
+    // Distinct payloads: one slice routed many times would be stored once.
+    let events: Vec<Vec<u8>> = (0..100).map(|i| vec![i as u8; 10_000]).collect();
+    let outbox: Vec<(&str, &[u8])> = events.iter().map(|e| ("splunk", e.as_slice())).collect();
     for _ in 0..30 {
         commit(&store, None, &[], &outbox).unwrap();
     }
     store.close().unwrap();
-    let full = fs::metadata(&path).unwrap().len();
-    assert!(full > 30_000_000, "backlog file is only {full} bytes");
+    let full = disk_bytes(&path);
+    assert!(full > 30_000_000, "backlog takes only {full} bytes");
+    assert!(!segment_files(&path).is_empty());
 
     let store = open(&path, None);
     let mut after = 0;
@@ -1298,12 +1344,382 @@ fn drained_backlog_gives_its_space_back() {
         after = last.seq;
         store.ack("splunk", after).unwrap();
     }
+    // The drained segments went as soon as the outbox emptied, not only at the next open.
+    assert_eq!(segment_files(&path), Vec::<PathBuf>::new());
+    // Also the one this process writes to, once it holds a backlog's worth of delivered
+    // events; the next commit starts a new one.
+    for event in &events[..40] {
+        commit(&store, None, &[], &[("splunk", event.as_slice())]).unwrap();
+    }
+    set_segment_limit(&store, 1_000_000);
+    store.ack("splunk", i64::MAX).unwrap();
+    assert_eq!(segment_files(&path), Vec::<PathBuf>::new());
+    commit(&store, None, &[], &[("splunk", b"next")]).unwrap();
+    assert_eq!(payloads(&drain(&store, "splunk")), ["next"]);
+    store.ack("splunk", i64::MAX).unwrap();
+    // A small one stays: a sink that keeps up must not cost a new file per poll.
+    assert_eq!(segment_files(&path).len(), 1);
     store.close().unwrap();
-    let drained = fs::metadata(&path).unwrap().len();
+    let drained = disk_bytes(&path);
     assert!(
         drained < full / 4,
-        "file still {drained} bytes after draining {full}"
+        "files still {drained} bytes after draining {full}"
     );
+}
+
+/// The segment files of the store at `path`, sorted.
+fn segment_files(path: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match fs::read_dir(segments::dir_of(path)) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{e}"),
+    };
+    files.sort();
+    files
+}
+
+/// The state file, its WAL and its segments.
+fn disk_bytes(path: &Path) -> u64 {
+    let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+    size(path)
+        + size(&companion(path, "-wal"))
+        + segment_files(path).iter().map(|f| size(f)).sum::<u64>()
+}
+
+/// (seq, segment, offset, inline payload length) of `sink`'s rows, read with plain SQL.
+fn stored_rows(path: &Path, sink: &str) -> Vec<(i64, Option<i64>, Option<i64>, usize)> {
+    let raw = Connection::open(path).unwrap();
+    let mut stmt = raw
+        .prepare(
+            "SELECT o.seq, o.segment, o.segment_offset, length(o.payload)
+             FROM outbox o JOIN sinks s USING (sink_id) WHERE s.name = ?1 ORDER BY o.seq",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map(params![sink], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)? as usize,
+            ))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    rows
+}
+
+fn set_segment_limit(store: &StateStore, limit: u64) {
+    store
+        .writer
+        .as_ref()
+        .unwrap()
+        .lock()
+        .segments
+        .set_limit(limit);
+}
+
+fn active_segment(store: &StateStore) -> Option<i64> {
+    store.writer.as_ref().unwrap().lock().segments.active()
+}
+
+#[test]
+fn payloads_are_written_once_to_a_segment_and_rows_stay_small() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    let shared = vec![b's'; 5_000];
+    let own = b"kafka only".as_slice();
+    commit(
+        &store,
+        None,
+        &[],
+        &[
+            ("splunk", shared.as_slice()),
+            ("kafka", shared.as_slice()),
+            ("arcsight", shared.as_slice()),
+            ("kafka", own),
+        ],
+    )
+    .unwrap();
+    let files = segment_files(&path);
+    assert_eq!(files.len(), 1, "{files:?}");
+    // The header, then the shared payload once and the other one.
+    assert_eq!(
+        fs::metadata(&files[0]).unwrap().len(),
+        (8 + shared.len() + own.len()) as u64
+    );
+    for sink in ["splunk", "kafka", "arcsight"] {
+        let rows = stored_rows(&path, sink);
+        assert!(
+            rows.iter().all(|r| r.1.is_some() && r.3 == 0),
+            "{sink}: {rows:?}"
+        );
+        assert_eq!(drain(&store, sink)[0].payload, shared, "{sink}");
+    }
+    assert_eq!(payloads(&drain(&store, "kafka"))[1], "kafka only");
+    let rows = stored_rows(&path, "kafka");
+    assert_eq!(rows[0].2, stored_rows(&path, "splunk")[0].2);
+    // The bound still counts each sink's payload bytes.
+    assert_eq!(store.depth("kafka").unwrap().bytes, 5_010);
+    assert_eq!(store.depth("splunk").unwrap().bytes, 5_000);
+    // A read-only store reads the same payloads.
+    let reader = StateStore::open_read_only(&path, None, StoreOptions::default()).unwrap();
+    assert_eq!(drain(&reader, "arcsight")[0].payload, shared);
+}
+
+#[test]
+fn each_open_starts_a_new_segment_and_rotates_when_full() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    commit(&store, None, &[], &[("splunk", b"e1")]).unwrap();
+    let first = active_segment(&store).unwrap();
+    // Full once it holds the header and one 2-byte event.
+    set_segment_limit(&store, 10);
+    commit(&store, None, &[], &[("splunk", b"e2")]).unwrap();
+    commit(&store, None, &[], &[("splunk", b"e3")]).unwrap();
+    let third = active_segment(&store).unwrap();
+    assert_eq!(third, first + 2);
+    drop(store);
+    let store = open(&path, None);
+    assert_eq!(active_segment(&store), None, "no segment before a payload");
+    commit(&store, None, &[], &[("splunk", b"e4")]).unwrap();
+    assert_eq!(active_segment(&store), Some(third + 1));
+    assert_eq!(payloads(&drain(&store, "splunk")), ["e1", "e2", "e3", "e4"]);
+    assert_eq!(segment_files(&path).len(), 4);
+}
+
+#[test]
+fn segments_are_deleted_once_no_row_refers_to_them() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    set_segment_limit(&store, 1);
+    // One segment per commit (the limit is below one payload), each shared by two sinks.
+    let events: Vec<String> = (0..6).map(|i| format!("event {i}")).collect();
+    for e in &events {
+        commit(
+            &store,
+            None,
+            &[],
+            &[("splunk", e.as_bytes()), ("kafka", e.as_bytes())],
+        )
+        .unwrap();
+    }
+    assert_eq!(segment_files(&path).len(), 6);
+    // kafka still holds every event: nothing goes.
+    let splunk = drain(&store, "splunk");
+    store.ack("splunk", splunk[5].seq).unwrap();
+    assert_eq!(segment_files(&path).len(), 6);
+    // Once kafka acked the first three, their segments go.
+    let kafka = drain(&store, "kafka");
+    store.ack("kafka", kafka[2].seq).unwrap();
+    assert_eq!(segment_files(&path).len(), 3);
+    // Out-of-order acks: the fifth event's segment goes; the fourth is still queued.
+    store.ack_rows("kafka", &[kafka[4].seq]).unwrap();
+    assert_eq!(payloads(&drain(&store, "kafka")), ["event 3", "event 5"]);
+    store.ack_rows("kafka", &[kafka[3].seq]).unwrap();
+    // The active segment stays while this process may append to it.
+    let remaining = segment_files(&path);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert_eq!(
+        remaining[0],
+        segments::file_of(&segments::dir_of(&path), active_segment(&store).unwrap())
+    );
+    assert_eq!(payloads(&drain(&store, "kafka")), ["event 5"]);
+    let last = active_segment(&store).unwrap();
+    set_segment_limit(&store, SEGMENT_BYTES);
+    store.ack("kafka", i64::MAX).unwrap();
+    // A small active segment outlives the drain...
+    assert_eq!(segment_files(&path).len(), 1);
+    drop(store);
+    // ...until the next open collects the previous process's last segment.
+    let store = open(&path, None);
+    assert_eq!(segment_files(&path), Vec::<PathBuf>::new());
+    commit(&store, None, &[], &[("splunk", b"after")]).unwrap();
+    assert_eq!(payloads(&drain(&store, "splunk")), ["after"]);
+    // With every segment gone, numbering still goes on from the highest ever started.
+    assert_eq!(active_segment(&store), Some(last + 1));
+}
+
+#[test]
+fn torn_tail_in_a_segment_never_affects_committed_rows() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    commit(&store, None, &[], &[("splunk", b"e1"), ("kafka", b"e1")]).unwrap();
+    commit(&store, None, &[], &[("splunk", b"e2")]).unwrap();
+    // A commit whose payload reached the segment but whose rows never committed.
+    let lost = vec![b'L'; 3_000];
+    commit(&store, None, &[], &[("", lost.as_slice())]).unwrap_err();
+    drop(store);
+    let files = segment_files(&path);
+    assert_eq!(files.len(), 1);
+    let len = fs::metadata(&files[0]).unwrap().len();
+    // Killed mid-write: the uncommitted payload is cut in the middle and followed by junk.
+    let file = fs::OpenOptions::new().write(true).open(&files[0]).unwrap();
+    file.set_len(len - 1_500).unwrap();
+    drop(file);
+    let mut file = fs::OpenOptions::new().append(true).open(&files[0]).unwrap();
+    io::Write::write_all(&mut file, &[0xff; 777]).unwrap();
+    drop(file);
+    let torn = fs::read(&files[0]).unwrap();
+
+    let store = open(&path, None);
+    assert_eq!(payloads(&drain(&store, "splunk")), ["e1", "e2"]);
+    assert_eq!(payloads(&drain(&store, "kafka")), ["e1"]);
+    // New payloads go to a new segment, never after the torn tail.
+    commit(&store, None, &[], &[("splunk", b"e3")]).unwrap();
+    assert_eq!(fs::read(&files[0]).unwrap(), torn);
+    assert_eq!(segment_files(&path).len(), 2);
+    assert_eq!(payloads(&drain(&store, "splunk")), ["e1", "e2", "e3"]);
+    assert_eq!(store.depth("splunk").unwrap().rows, 3);
+}
+
+#[test]
+fn corrupt_or_missing_payload_is_a_typed_error_naming_the_row() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    commit(&store, None, &[], &[("splunk", b"first event")]).unwrap();
+    commit(&store, None, &[], &[("splunk", b"second event")]).unwrap();
+    let rows = stored_rows(&path, "splunk");
+    let (seq, offset) = (rows[1].0, rows[1].2.unwrap() as usize);
+    let file = segment_files(&path).remove(0);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[offset + 3] ^= 0x20;
+    fs::write(&file, &bytes).unwrap();
+
+    // The row before it still reads; the batch that reaches it fails, naming it.
+    assert_eq!(
+        payloads(&store.read_batch("splunk", 0, 1, usize::MAX).unwrap()),
+        ["first event"]
+    );
+    let err = store.read_batch("splunk", 0, 10, usize::MAX).unwrap_err();
+    match &err {
+        StateError::PayloadCorrupt {
+            sink,
+            seq: at,
+            segment,
+            what,
+            ..
+        } => {
+            assert_eq!((sink.as_str(), *at, segment), ("splunk", seq, &file));
+            assert_eq!(*what, "crc32 mismatch");
+        }
+        other => panic!("{other}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("sink splunk"), "{message}");
+    assert!(message.contains(&format!("row {seq}")), "{message}");
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert!(!err.is_transient());
+
+    // Cut short.
+    fs::write(&file, &bytes[..offset + 4]).unwrap();
+    let err = store.read_batch("splunk", 0, 10, usize::MAX).unwrap_err();
+    assert!(
+        matches!(err, StateError::PayloadCorrupt { seq: at, .. } if at == seq),
+        "{err}"
+    );
+
+    // Gone.
+    fs::remove_file(&file).unwrap();
+    let err = store.read_batch("splunk", 0, 10, usize::MAX).unwrap_err();
+    match &err {
+        StateError::SegmentMissing {
+            sink,
+            seq: at,
+            segment,
+        } => {
+            assert_eq!((sink.as_str(), *at, segment), ("splunk", rows[0].0, &file));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("missing"), "{err}");
+    // Acknowledging the unreadable rows still works (an operator's way out).
+    store.ack("splunk", i64::MAX).unwrap();
+    assert!(drain(&store, "splunk").is_empty());
+}
+
+#[test]
+fn read_only_open_never_creates_or_deletes_segments() {
+    let (_dir, path) = temp_path();
+    let store = open(&path, None);
+    commit(&store, None, &[], &[("splunk", b"queued")]).unwrap();
+    drop(store);
+    // An unreferenced segment, as a killed commit leaves one.
+    let orphan = segments::file_of(&segments::dir_of(&path), 999);
+    fs::write(&orphan, b"XDRRSEG1junk").unwrap();
+    let before = segment_files(&path);
+    assert_eq!(before.len(), 2);
+
+    let reader = StateStore::open_read_only(&path, None, StoreOptions::default()).unwrap();
+    assert_eq!(payloads(&drain(&reader, "splunk")), ["queued"]);
+    reader.status_snapshot().unwrap();
+    drop(reader);
+    assert_eq!(segment_files(&path), before);
+
+    // The daemon's next open collects it, and numbers its own segments after it.
+    let store = open(&path, None);
+    assert!(!orphan.exists());
+    commit(&store, None, &[], &[("splunk", b"new")]).unwrap();
+    assert_eq!(active_segment(&store), Some(1000));
+    assert_eq!(payloads(&drain(&store, "splunk")), ["queued", "new"]);
+}
+
+#[test]
+fn v2_file_with_queued_rows_migrates_to_v3_and_reads_old_and_new_rows_in_order() {
+    let (_dir, path) = temp_path();
+    let queued = write_v1_file(&path);
+    {
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(schema::MIGRATIONS[1]).unwrap();
+        raw.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let err = StateStore::open_read_only(&path, None, StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, StateError::OlderSchema { found: 2, .. }),
+        "{err}"
+    );
+
+    let store = open(&path, None);
+    let new_event = b"{\"id\":\"queued after the upgrade\"}".as_slice();
+    commit(
+        &store,
+        None,
+        &[],
+        &[("splunk", new_event), ("kafka", new_event)],
+    )
+    .unwrap();
+    for (sink, old) in &queued {
+        let mut expected = old.clone();
+        expected.push(new_event.to_vec());
+        let rows = drain(&store, sink);
+        let read: Vec<Vec<u8>> = rows.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(read, expected, "sink {sink}");
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+        // Old rows keep their inline payload; the new one points into a segment.
+        let stored = stored_rows(&path, sink);
+        let (last, old_rows) = stored.split_last().unwrap();
+        assert!(
+            old_rows.iter().all(|r| r.1.is_none() && r.3 > 0),
+            "{stored:?}"
+        );
+        assert!(last.1.is_some() && last.3 == 0, "{last:?}");
+        let depth = store.depth(sink).unwrap();
+        assert_eq!((depth.rows, depth.bytes), counted_depth(&path, sink));
+    }
+    // Batches that mix both kinds of row, and acks across them.
+    let splunk = drain(&store, "splunk");
+    let batch = store
+        .read_batch("splunk", splunk[3].seq, 10, usize::MAX)
+        .unwrap();
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[1].payload, new_event);
+    store.ack("splunk", i64::MAX).unwrap();
+    assert_eq!(store.depth("splunk").unwrap().rows, 0);
+    assert_eq!(drain(&store, "kafka").len(), 9);
+    store.close().unwrap();
+    let reader = StateStore::open_read_only(&path, None, StoreOptions::default()).unwrap();
+    assert_eq!(drain(&reader, "kafka").last().unwrap().payload, new_event);
 }
 
 /// Writes a state file as a V1 build left it: the V1 schema with its depth triggers, a
