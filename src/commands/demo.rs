@@ -185,6 +185,11 @@ fn prepare_dir(dir: &Path, sim: &Sim) -> anyhow::Result<PathBuf> {
             fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
+    let outbox = dir.join("state.db-outbox");
+    if outbox.exists() {
+        fs::remove_dir_all(&outbox)
+            .with_context(|| format!("cannot remove {}", outbox.display()))?;
+    }
     let events = dir.join("events");
     if events.exists() {
         fs::remove_dir_all(&events)

@@ -63,6 +63,17 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// The row a read error is about, when the error is that row's payload alone (gone or
+/// corrupt) rather than the store as a whole.
+fn unreadable_row(e: &StateError) -> Option<i64> {
+    match e {
+        StateError::SegmentMissing { seq, .. } | StateError::PayloadCorrupt { seq, .. } => {
+            Some(*seq)
+        }
+        _ => None,
+    }
+}
+
 /// Sleeps `d`; false if the hard stop came first.
 async fn sleep_or_stop(d: Duration, hard: &CancellationToken) -> bool {
     tokio::select! {
@@ -107,10 +118,24 @@ impl SinkWorker {
             }
             let rows = {
                 let sink = name.clone();
-                blocking(&self.state, move |s| {
-                    s.read_batch(&sink, after_seq, limits.max_events.max(1), limits.max_bytes)
+                let state = Arc::clone(&self.state);
+                tokio::task::spawn_blocking(move || {
+                    state.read_batch(&sink, after_seq, limits.max_events.max(1), limits.max_bytes)
                 })
                 .await
+            };
+            let rows = match rows {
+                Ok(Ok(rows)) => Ok(rows),
+                Ok(Err(e)) => match unreadable_row(&e) {
+                    Some(seq) => {
+                        if self.skip_unreadable(seq, &e).await {
+                            continue;
+                        }
+                        Err(chain(&e))
+                    }
+                    None => Err(chain(&e)),
+                },
+                Err(e) => Err(format!("state store task failed: {e}")),
             };
             let rows = match rows {
                 Ok(rows) => rows,
@@ -289,6 +314,30 @@ impl SinkWorker {
         events
     }
 
+    /// Drops the outbox row `seq` whose payload cannot be read back (`e`: its segment file
+    /// is gone or the bytes fail their checksum). It can never be delivered; keeping it would
+    /// stop this sink for every tenant. Counted and logged as lost. False if even the
+    /// removal failed (the caller retries the read).
+    async fn skip_unreadable(&self, seq: i64, e: &StateError) -> bool {
+        let sink = self.cell.name.clone();
+        match blocking(&self.state, move |s| s.ack_rows(&sink, &[seq])).await {
+            Ok(_) => {
+                self.cell.inner.lock().undecodable += 1;
+                error!(
+                    seq,
+                    error = %chain(e),
+                    "outbox row of sink {} cannot be read back; skipping it (this event is lost)",
+                    self.cell.name
+                );
+                true
+            }
+            Err(removal) => {
+                warn!(seq, error = %removal, "cannot remove the unreadable outbox row of sink {}", self.cell.name);
+                false
+            }
+        }
+    }
+
     async fn record_failure(&self, text: &str) {
         {
             let mut i = self.cell.inner.lock();
@@ -431,6 +480,45 @@ mod tests {
                     .count()
             })
             .collect()
+    }
+
+    /// A row whose payload fails its checksum on disk is dropped, counted and logged; the
+    /// rows around it are delivered and the sink does not wedge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_payload_is_skipped_and_the_rest_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let state = Arc::new(StateStore::open(&path, None, StoreOptions::default()).unwrap());
+        append(&state, 0..3);
+        append(&state, 3..6);
+        // Flip one byte inside the payload of event da4 in its segment file.
+        let segments: Vec<_> = std::fs::read_dir(dir.path().join("state.db-outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let mut bytes = std::fs::read(&segments[0]).unwrap();
+        let at = bytes
+            .windows(10)
+            .position(|w| w == b"\"id\":\"da4\"")
+            .unwrap();
+        bytes[at + 8] = b'X';
+        std::fs::write(&segments[0], &bytes).unwrap();
+
+        let receiver = HecReceiver::start_default().await.unwrap();
+        let (cell, stop, task) = start(&receiver, &state, Duration::ZERO);
+        wait_delivered(&receiver, 5).await;
+        let ids: Vec<String> = receiver
+            .events()
+            .iter()
+            .map(|e| e.envelope["event"]["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["da0", "da1", "da2", "da3", "da5"]);
+        assert_eq!(cell.inner.lock().undecodable, 1);
+        stop.drain.cancel();
+        task.await.unwrap();
+        assert_eq!(state.depth(SINK).unwrap().rows, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
