@@ -142,6 +142,16 @@ impl Harness {
         self.polled(&self.sim.ground_truth_dwelling(min_dwell))
     }
 
+    /// [`must_deliver`](Self::must_deliver) for a tenant the daemon only started polling
+    /// at `since` (added by a reload).
+    pub fn must_deliver_since(
+        &self,
+        min_dwell: Duration,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Delivered> {
+        self.polled(&self.sim.ground_truth_dwelling_since(min_dwell, since))
+    }
+
     fn polled(&self, truth: &[GroundTruthVersion]) -> Vec<Delivered> {
         let api: BTreeMap<&str, &str> = self
             .sim

@@ -478,6 +478,19 @@ impl Sim {
         self.app.world.ground_truth_dwelling(min_dwell)
     }
 
+    /// [`Sim::ground_truth_dwelling`] for a poller that started looking at `since` (a tenant
+    /// added to a running daemon): a version superseded before it had been visible for
+    /// `min_dwell` after `since` could not be seen.
+    pub fn ground_truth_dwelling_since(
+        &self,
+        min_dwell: Duration,
+        since: DateTime<Utc>,
+    ) -> Vec<GroundTruthVersion> {
+        self.app
+            .world
+            .ground_truth_dwelling_from(min_dwell, Tick::from_datetime(since))
+    }
+
     /// Stops creating and updating items (pending versions still become visible).
     pub fn pause_activity(&self) {
         self.app.world.pause();

@@ -397,6 +397,17 @@ impl World {
     /// `min_dwell / 2` or so is certain to have seen. The current newest visible version
     /// of every item always counts.
     pub fn ground_truth_dwelling(&self, min_dwell: Duration) -> Vec<GroundTruthVersion> {
+        self.ground_truth_dwelling_from(min_dwell, self.started)
+    }
+
+    /// As [`ground_truth_dwelling`](Self::ground_truth_dwelling) for a poller that started
+    /// looking at `from` (not earlier than the simulator's start).
+    pub fn ground_truth_dwelling_from(
+        &self,
+        min_dwell: Duration,
+        from: Tick,
+    ) -> Vec<GroundTruthVersion> {
+        let started = from.max(self.started);
         let now = Tick::now();
         let dwell = Tick(0).plus(min_dwell).0;
         let mut out = Vec::new();
@@ -416,8 +427,8 @@ impl World {
                         let newest = later.0 == i64::MAX || later > now;
                         if v.visible_at <= now
                             && v.visible_at < later
-                            && later > self.started
-                            && (newest || later.0 - v.visible_at.max(self.started).0 >= dwell)
+                            && later > started
+                            && (newest || later.0 - v.visible_at.max(started).0 >= dwell)
                         {
                             observable.push(v.last_update);
                         }
