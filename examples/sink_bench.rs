@@ -26,7 +26,7 @@
 //! It samples the daemon's CPU time (utime + stime from /proc) and peak RSS (VmHWM) until
 //! every alert arrived, then prints events per CPU-second. `--perf FILE` records a
 //! `perf record` profile of the daemon meanwhile (`perf report -i FILE`); `--gzip false`
-//! turns HEC compression off; `--payload realistic` uses the simulator's production-like
+//! turns HEC compression off, `--gzip-level N` sets its level; `--payload realistic` uses the simulator's production-like
 //! alerts (varied evidence, hostile text, occasional 10 KB strings) instead of uniform
 //! ones padded with filler text. Everything stays on 127.0.0.1.
 
@@ -60,6 +60,8 @@ struct Args {
     tenants: usize,
     alert_bytes: usize,
     gzip: bool,
+    /// `gzip_level` of the HEC sink; `None`: the sink's default.
+    gzip_level: Option<u32>,
     binary: PathBuf,
     perf: Option<PathBuf>,
     timeout_secs: u64,
@@ -74,6 +76,7 @@ fn parse_args() -> Args {
         tenants: 4,
         alert_bytes: 6_000,
         gzip: true,
+        gzip_level: None,
         binary: PathBuf::from("target/release/xdr-relay"),
         perf: None,
         timeout_secs: 1_200,
@@ -100,6 +103,7 @@ fn parse_args() -> Args {
             "--tenants" => a.tenants = v.parse().unwrap_or(a.tenants),
             "--alert-bytes" => a.alert_bytes = v.parse().unwrap_or(a.alert_bytes),
             "--gzip" => a.gzip = v != "false",
+            "--gzip-level" => a.gzip_level = v.parse().ok(),
             "--binary" => a.binary = PathBuf::from(v),
             "--perf" => a.perf = Some(PathBuf::from(v)),
             "--timeout-secs" => a.timeout_secs = v.parse().unwrap_or(a.timeout_secs),
@@ -438,9 +442,13 @@ async fn main() {
     let sinks_toml = match args.sink {
         Kind::Hec => {
             let addr = hec_receiver(Arc::clone(&counter)).await;
+            let level = args
+                .gzip_level
+                .map(|l| format!("gzip_level = {l}\n"))
+                .unwrap_or_default();
             format!(
                 "[sinks.bench]\ntype = \"splunk_hec\"\nurl = \"http://{addr}\"\n\
-                 token = {{ file = \"hec.token\" }}\ngzip = {}\n",
+                 token = {{ file = \"hec.token\" }}\ngzip = {}\n{level}",
                 args.gzip
             )
         }

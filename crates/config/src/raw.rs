@@ -76,6 +76,7 @@ pub(crate) struct RawHecSink {
     pub sourcetypes: Option<RawPerStream>,
     pub host: Option<String>,
     pub gzip: Option<bool>,
+    pub gzip_level: Option<u64>,
     pub request_timeout_secs: Option<u64>,
     pub batch: Option<RawBatch>,
     pub indexer_ack: Option<RawIndexerAck>,

@@ -244,6 +244,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(hec.sourcetype_for(Stream::Incidents), None);
     assert_eq!(hec.sourcetype_for(Stream::Alerts), None);
     assert!(hec.gzip);
+    assert_eq!(hec.gzip_level, DEFAULT_GZIP_LEVEL);
     assert_eq!(hec.request_timeout, Duration::from_secs(30));
 
     let t = config.tenant("contoso").unwrap();
@@ -702,6 +703,7 @@ fn problems_caused_by_the_environment_name_the_variable() {
     let mut f = Fixture::new(RELAY);
     f.set_env("XDR_RELAY__ADMIN__LISTN", "0.0.0.0:9000");
     f.set_env("XDR_RELAY__SINKS__SPLUNK__BATCH__MAX_BYTES", "12");
+    f.set_env("XDR_RELAY__SINKS__SPLUNK__GZIP_LEVEL", "0");
     f.set_env("XDR_RELAY__OUTBOX__MAX_EVENTS_PER_SINK", "lots");
     let errors = f.errors();
     assert_has_prefix(
@@ -716,6 +718,11 @@ fn problems_caused_by_the_environment_name_the_variable() {
     assert_has_prefix(
         &errors,
         "relay.toml: outbox.max_events_per_sink: expected an integer, found string \"lots\"",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: sinks.splunk.gzip_level: must be between 1 and 9 \
+         (set by environment variable XDR_RELAY__SINKS__SPLUNK__GZIP_LEVEL)",
     );
 }
 

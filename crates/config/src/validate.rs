@@ -339,6 +339,13 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         838_860_800,
     );
     let linger_ms = ctx.int_in(&k("batch.linger_ms"), batch_raw.linger_ms, 1000, 0, 60_000);
+    let gzip_level = ctx.int_in(
+        &k("gzip_level"),
+        raw.gzip_level,
+        u64::from(crate::model::DEFAULT_GZIP_LEVEL),
+        1,
+        9,
+    );
 
     let ack_raw = raw.indexer_ack.unwrap_or_default();
     let ack_defaults = IndexerAckConfig::default();
@@ -388,6 +395,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         sourcetype_alerts: st_alerts.or(sourcetype),
         host,
         gzip: raw.gzip.unwrap_or(true),
+        gzip_level: u32::try_from(gzip_level?).ok()?,
         request_timeout: request_timeout?,
         batch: BatchConfig {
             max_events: usize::try_from(max_events?).ok()?,

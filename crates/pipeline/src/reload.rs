@@ -722,6 +722,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         sourcetype_alerts,
         host,
         gzip,
+        gzip_level,
         request_timeout,
         batch,
         indexer_ack,
@@ -735,6 +736,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         && *sourcetype_alerts == b.sourcetype_alerts
         && *host == b.host
         && *gzip == b.gzip
+        && *gzip_level == b.gzip_level
         && *request_timeout == b.request_timeout
         && *batch == b.batch
         && *indexer_ack == b.indexer_ack

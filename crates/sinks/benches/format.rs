@@ -89,8 +89,8 @@ fn main() -> Result<(), BoxError> {
     if !selected("hec-gzip") {
         return Ok(());
     }
-    // gzip as the HEC sink compresses a request body (`splunk_hec::request::gzip`, level 6;
-    // `FORMAT_BENCH_GZIP_LEVEL` to compare others): bodies of the sink's default 1 MB, each
+    // gzip as the HEC sink compresses a request body (`splunk_hec::request::gzip`, at the
+    // default `gzip_level`; `FORMAT_BENCH_GZIP_LEVEL` to compare others): bodies of the sink's default 1 MB, each
     // event's share of the time. `out` is the compressed bytes per event.
     let mut bodies = vec![Vec::new()];
     for e in &events {
@@ -102,7 +102,7 @@ fn main() -> Result<(), BoxError> {
     }
     let level: u32 = match std::env::var("FORMAT_BENCH_GZIP_LEVEL") {
         Ok(l) => l.parse()?,
-        Err(_) => 6,
+        Err(_) => relay_config::DEFAULT_GZIP_LEVEL,
     };
     let per_body = events.len() as f64 / bodies.len() as f64;
     let raw: usize = bodies.iter().map(Vec::len).sum();

@@ -330,6 +330,7 @@ async fn reload_changes_a_tenants_hec_labels_live() {
             sourcetype_alerts: None,
             host: None,
             gzip: true,
+            gzip_level: relay_config::DEFAULT_GZIP_LEVEL,
             request_timeout: Duration::from_secs(10),
             batch: relay_config::BatchConfig {
                 linger: Duration::from_millis(100),

@@ -47,7 +47,8 @@ pub(crate) struct HecClient {
     auth: HeaderValue,
     /// The channel GUID sent with every request.
     pub channel: String,
-    gzip: bool,
+    /// The gzip level when bodies are compressed; `None`: sent uncompressed.
+    gzip: Option<u32>,
     timeout: Duration,
 }
 
@@ -166,7 +167,7 @@ impl HecClient {
             health_url: endpoint("services/collector/health")?,
             auth,
             channel,
-            gzip: config.gzip,
+            gzip: config.gzip.then_some(config.gzip_level),
             timeout: config.request_timeout,
         })
     }
@@ -179,10 +180,10 @@ impl HecClient {
             .header(AUTHORIZATION, self.auth.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(CHANNEL_HEADER, &self.channel);
-        let body = if self.gzip {
+        let body = if let Some(level) = self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
             // A megabyte of gzip takes milliseconds of CPU: off the async workers.
-            tokio::task::spawn_blocking(move || request::gzip(&body))
+            tokio::task::spawn_blocking(move || request::gzip(&body, level))
                 .await
                 .map_err(|e| HecUnavailable::Compress(std::io::Error::other(e)))?
                 .map_err(HecUnavailable::Compress)?

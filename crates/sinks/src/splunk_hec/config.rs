@@ -34,6 +34,8 @@ pub struct SplunkHecSinkConfig {
     pub tenant_options: HashMap<String, HecOptions>,
     /// Compress request bodies with gzip (`Content-Encoding: gzip`).
     pub gzip: bool,
+    /// gzip level, 1 (fastest) to 9 (smallest).
+    pub gzip_level: u32,
     /// Limit on one HTTP request, connect to last byte of the answer.
     pub request_timeout: Duration,
     /// Events and bytes (uncompressed) per request; `linger` is for the pipeline's sink
@@ -56,6 +58,7 @@ impl SplunkHecSinkConfig {
             options: HecOptions::default(),
             tenant_options: HashMap::new(),
             gzip: true,
+            gzip_level: relay_config::DEFAULT_GZIP_LEVEL,
             request_timeout: Duration::from_secs(30),
             batch: BatchConfig::default(),
             indexer_ack: IndexerAckConfig::default(),
@@ -122,6 +125,7 @@ impl SplunkHecSinkConfig {
             options,
             tenant_options,
             gzip: hec.gzip,
+            gzip_level: hec.gzip_level,
             request_timeout: hec.request_timeout,
             batch: hec.batch.clone(),
             indexer_ack: hec.indexer_ack.clone(),
@@ -179,6 +183,12 @@ impl SplunkHecSinkConfig {
         }
         if self.request_timeout.is_zero() {
             problems.push("request_timeout_secs: must be at least 1".to_string());
+        }
+        if !(1..=9).contains(&self.gzip_level) {
+            problems.push(format!(
+                "gzip_level: {} is not between 1 and 9",
+                self.gzip_level
+            ));
         }
         if self.batch.max_events == 0 {
             problems.push("batch.max_events: must be at least 1".to_string());

@@ -58,20 +58,16 @@ fn batch_estimate(batch: &[Event]) -> usize {
     batch.iter().map(Event::approx_bytes).sum()
 }
 
-/// gzip level 6, zlib's default. Distinct Defender alerts (the samples in `testdata/`)
-/// compress about 4.5:1 at level 1 and 5.5:1 at level 6 for less than twice the CPU; a
-/// fifth less traffic matters on metered links to Splunk Cloud. flate2 runs on the zlib-rs
-/// backend (root `Cargo.toml`): at level 6 it takes about half of miniz_oxide's CPU on
-/// these documents (`cargo bench -p relay-sinks --bench format -- hec-gzip`), for bodies
-/// about a tenth larger.
-const GZIP_LEVEL: u32 = 6;
+// flate2 runs on the zlib-rs backend (root `Cargo.toml`): about half of miniz_oxide's CPU
+// on these documents at the same level, for bodies about a tenth larger. The level is the
+// sink's `gzip_level` (default `relay_config::DEFAULT_GZIP_LEVEL`).
 
-/// The gzip member (RFC 1952) of `body`, for `Content-Encoding: gzip`. Writing into memory
-/// does not fail in practice; the `Result` is the encoder's signature.
-pub(crate) fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// The gzip member (RFC 1952) of `body` at `level` (1–9), for `Content-Encoding: gzip`.
+/// Writing into memory does not fail in practice; the `Result` is the encoder's signature.
+pub(crate) fn gzip(body: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
     let mut enc = GzEncoder::new(
         Vec::with_capacity(body.len() / 4 + 64),
-        Compression::new(GZIP_LEVEL),
+        Compression::new(level),
     );
     enc.write_all(body)?;
     enc.finish()
@@ -191,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn gzip_roundtrips_and_shrinks_real_alerts() {
+    fn gzip_roundtrips_and_shrinks_real_alerts_more_at_higher_levels() {
         let batch: Vec<Event> = (0..20)
             .map(|i| event(GRAPH_ALERTS, i % 2, Feed::GraphAlerts))
             .collect();
@@ -199,7 +195,7 @@ mod tests {
         let body = encode_requests(&batch, |_| &opts, usize::MAX)
             .remove(0)
             .body;
-        let packed = gzip(&body).unwrap();
+        let packed = gzip(&body, relay_config::DEFAULT_GZIP_LEVEL).unwrap();
         assert_eq!(&packed[..2], &[0x1f, 0x8b], "gzip magic");
         assert!(
             packed.len() * 5 < body.len(),
@@ -210,6 +206,14 @@ mod tests {
         let mut back = Vec::new();
         GzDecoder::new(&packed[..]).read_to_end(&mut back).unwrap();
         assert_eq!(back, body);
+        let fastest = gzip(&body, 1).unwrap();
+        let smallest = gzip(&body, 9).unwrap();
+        assert!(smallest.len() < fastest.len());
+        for packed in [fastest, smallest] {
+            let mut back = Vec::new();
+            GzDecoder::new(&packed[..]).read_to_end(&mut back).unwrap();
+            assert_eq!(back, body);
+        }
     }
 
     #[test]

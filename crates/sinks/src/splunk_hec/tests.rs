@@ -826,6 +826,7 @@ client_secret = {{ env = "CONTOSO_SECRET" }}
         assert!(c.options.index.is_none());
         assert!(c.tenant_options.is_empty());
         assert!(c.gzip);
+        assert_eq!(c.gzip_level, relay_config::DEFAULT_GZIP_LEVEL);
         assert!(!c.indexer_ack.enabled);
         assert_eq!(c.batch.max_events, 500);
         let s = SplunkHecSink::new(c).unwrap();
