@@ -38,7 +38,7 @@ pub fn normalize(item: Item) -> Event {
         version_time: item.last_update,
         severity,
         title,
-        raw: item.raw,
+        raw: item.raw.into(),
     }
 }
 

@@ -19,7 +19,6 @@ use rand::SeedableRng;
 use relay_auth::TokenManager;
 use relay_config::Feed;
 use relay_defender::{ApiFamily, DefenderClient, DefenderError};
-use relay_sinks::Event;
 use relay_state::{truncate_to_tick, AuthState, PollCommit, StateError, StateStore};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -49,15 +48,6 @@ pub(crate) enum PollError {
     Panicked {
         /// What it was doing.
         operation: &'static str,
-    },
-    /// An event could not be serialized for the outbox.
-    #[error("cannot encode version {id} for the outbox")]
-    Encode {
-        /// The item id.
-        id: String,
-        /// serde_json's report.
-        #[source]
-        source: serde_json::Error,
     },
 }
 
@@ -258,10 +248,7 @@ impl FeedTask {
                     continue;
                 }
                 let event = normalize(item);
-                let bytes = encode(&event).map_err(|source| PollError::Encode {
-                    id: event.id.clone(),
-                    source,
-                })?;
+                let bytes = event.to_outbox_bytes();
                 seen.insert(key.clone());
                 page_seen.push(key);
                 payloads.push(bytes);
@@ -352,7 +339,7 @@ impl FeedTask {
             match e {
                 PollError::Defender(d) if d.needs_consent() => s.errors.needs_consent += 1,
                 PollError::Defender(d) if d.is_transient() => s.errors.transient += 1,
-                PollError::Defender(_) | PollError::Encode { .. } => s.errors.permanent += 1,
+                PollError::Defender(_) => s.errors.permanent += 1,
                 PollError::State(st) if st.is_transient() => s.errors.transient += 1,
                 PollError::State(_) | PollError::Panicked { .. } => s.errors.state += 1,
             }
@@ -446,16 +433,6 @@ impl FeedTask {
     }
 }
 
-/// An event as its outbox rows hold it: the bytes of `serde_json::to_vec`, written into a
-/// buffer sized for the document up front rather than grown from 128 bytes through every
-/// power of two (each growth copying what was written so far). `raw` is copied verbatim,
-/// not scanned.
-fn encode(event: &Event) -> Result<Vec<u8>, serde_json::Error> {
-    let mut bytes = Vec::with_capacity(event.approx_bytes());
-    serde_json::to_writer(&mut bytes, event)?;
-    Ok(bytes)
-}
-
 /// Same kind and detail; the `since` of a state that did not change does not matter.
 fn same_auth(a: &AuthState, b: &AuthState) -> bool {
     match (a, b) {
@@ -506,26 +483,6 @@ mod tests {
             &AuthState::Ok { since: t0 },
             &consent("AADSTS50173", t0)
         ));
-    }
-
-    #[test]
-    fn outbox_encoding_is_serde_json_to_vec() {
-        let raw = r#"{"id":"da1","title":"Suspicious \"PowerShell\" caf\u00e9","severity":"high","n":[1,2,{"x":null}]}"#;
-        let event = Event {
-            tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
-            tenant_name: "contoso \"east\"".into(),
-            stream: relay_config::Stream::Alerts,
-            feed: Feed::GraphAlerts,
-            id: "da1".into(),
-            version_time: "2024-01-01T00:00:00.1234567Z".parse().unwrap(),
-            severity: relay_sinks::Severity::High,
-            title: Some("Suspicious \"PowerShell\" café\n".into()),
-            raw: serde_json::value::RawValue::from_string(raw.into()).unwrap(),
-        };
-        let bytes = encode(&event).unwrap();
-        assert_eq!(bytes, serde_json::to_vec(&event).unwrap());
-        let text = std::str::from_utf8(&bytes).unwrap();
-        assert!(text.contains(raw), "raw is embedded verbatim: {text}");
     }
 
     #[test]

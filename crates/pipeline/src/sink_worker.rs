@@ -297,7 +297,7 @@ impl SinkWorker {
     fn decode(&self, rows: Vec<OutboxRow>) -> Vec<Event> {
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
-            match serde_json::from_slice::<Event>(&row.payload) {
+            match Event::from_outbox_bytes(&row.payload) {
                 Ok(e) => events.push(e),
                 Err(e) => {
                     self.cell.inner.lock().undecodable += 1;
@@ -386,25 +386,28 @@ mod tests {
 
     const SINK: &str = "hec";
 
+    fn event(i: usize) -> Event {
+        Event {
+            tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
+            tenant_name: "contoso".into(),
+            stream: Feed::GraphAlerts.stream(),
+            feed: Feed::GraphAlerts,
+            id: format!("da{i}"),
+            version_time: Utc::now(),
+            severity: Severity::High,
+            title: Some(format!("alert {i}")),
+            raw: relay_sinks::RawDoc::parse(format!(r#"{{"id":"da{i}"}}"#)).unwrap(),
+        }
+    }
+
+    /// Queues events `ids` as the poller does.
     fn append(state: &StateStore, ids: std::ops::Range<usize>) {
-        let now = Utc::now();
-        let payloads: Vec<Vec<u8>> = ids
-            .map(|i| {
-                serde_json::to_vec(&Event {
-                    tenant_id: "3adb963c-8e61-48e8-a06d-6dbb0dacea39".into(),
-                    tenant_name: "contoso".into(),
-                    stream: Feed::GraphAlerts.stream(),
-                    feed: Feed::GraphAlerts,
-                    id: format!("da{i}"),
-                    version_time: now,
-                    severity: Severity::High,
-                    title: Some(format!("alert {i}")),
-                    raw: serde_json::value::RawValue::from_string(format!(r#"{{"id":"da{i}"}}"#))
-                        .unwrap(),
-                })
-                .unwrap()
-            })
-            .collect();
+        let payloads: Vec<Vec<u8>> = ids.map(|i| event(i).to_outbox_bytes()).collect();
+        append_payloads(state, &payloads);
+    }
+
+    /// Queues `payloads` as they are.
+    fn append_payloads(state: &StateStore, payloads: &[Vec<u8>]) {
         let outbox: Vec<(&str, &[u8])> = payloads.iter().map(|p| (SINK, p.as_slice())).collect();
         state
             .commit_poll(&PollCommit {
@@ -413,7 +416,7 @@ mod tests {
                 new_checkpoint: None,
                 seen: &[],
                 outbox: &outbox,
-                prune_seen_before: now,
+                prune_seen_before: Utc::now(),
             })
             .unwrap();
     }
@@ -515,6 +518,41 @@ mod tests {
             .map(|e| e.envelope["event"]["id"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(ids, ["da0", "da1", "da2", "da3", "da5"]);
+        assert_eq!(cell.inner.lock().undecodable, 1);
+        stop.drain.cancel();
+        task.await.unwrap();
+        assert_eq!(state.depth(SINK).unwrap().rows, 0);
+    }
+
+    /// Rows queued by an earlier build (serde JSON) are delivered alongside binary ones; a
+    /// binary row cut short is skipped, counted and logged without wedging the sink.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_rows_still_deliver_and_a_truncated_binary_row_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            StateStore::open(&dir.path().join("state.db"), None, StoreOptions::default()).unwrap(),
+        );
+        let mut truncated = event(2).to_outbox_bytes();
+        truncated.pop();
+        append_payloads(
+            &state,
+            &[
+                event(0).to_outbox_bytes(),
+                serde_json::to_vec(&event(1)).unwrap(),
+                truncated,
+                event(3).to_outbox_bytes(),
+            ],
+        );
+
+        let receiver = HecReceiver::start_default().await.unwrap();
+        let (cell, stop, task) = start(&receiver, &state, Duration::ZERO);
+        wait_delivered(&receiver, 3).await;
+        let ids: Vec<String> = receiver
+            .events()
+            .iter()
+            .map(|e| e.envelope["event"]["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["da0", "da1", "da3"]);
         assert_eq!(cell.inner.lock().undecodable, 1);
         stop.drain.cancel();
         task.await.unwrap();

@@ -130,7 +130,9 @@ mod tests {
 
     fn small(feed: Feed, page: &str) -> Event {
         let mut e = event(page, 0, feed);
-        e.raw = RawValue::from_string(r#"{"id":"x"}"#.into()).unwrap();
+        e.raw = RawValue::from_string(r#"{"id":"x"}"#.into())
+            .unwrap()
+            .into();
         e
     }
 

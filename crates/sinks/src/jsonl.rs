@@ -60,7 +60,8 @@ mod tests {
             r#"{"incidentId":924565,"incidentName":"Ransomware activity","severity":"Medium"}"#
                 .into(),
         )
-        .unwrap();
+        .unwrap()
+        .into();
         assert_eq!(
             line(&e),
             concat!(

@@ -32,7 +32,7 @@ pub mod syslog;
 mod template;
 
 pub use error::SinkError;
-pub use event::{Event, Severity};
+pub use event::{Event, OutboxDecodeError, RawDoc, Severity};
 pub use file::{FileSink, FileSinkConfig};
 pub use kafka::{KafkaSink, KafkaSinkConfig};
 pub use sink::{AnySink, BatchLimits, Sink};

@@ -293,7 +293,9 @@ fn event_from(item: &Value, feed: Feed) -> Event {
         version_time: item[feed.time_field()].as_str().unwrap().parse().unwrap(),
         severity: Severity::from_api(item["severity"].as_str().unwrap_or("")),
         title: item[title_field].as_str().map(str::to_string),
-        raw: RawValue::from_string(serde_json::to_string(item).unwrap()).unwrap(),
+        raw: RawValue::from_string(serde_json::to_string(item).unwrap())
+            .unwrap()
+            .into(),
     }
 }
 

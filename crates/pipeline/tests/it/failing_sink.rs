@@ -89,7 +89,7 @@ async fn broken_sink_fills_its_outbox_pauses_polling_and_recovers_when_fixed() {
         .read_batch("out", 0, 1000, usize::MAX)
         .unwrap()
         .iter()
-        .map(|row| serde_json::from_slice::<relay_sinks::Event>(&row.payload).unwrap())
+        .map(|row| relay_sinks::Event::from_outbox_bytes(&row.payload).unwrap())
         .collect();
     assert!(queued.len() >= 3, "{} events queued", queued.len());
     for e in queued.iter().step_by(queued.len() / 3).take(3) {

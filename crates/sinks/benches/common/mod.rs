@@ -83,7 +83,7 @@ pub fn graph_alerts(n: usize) -> Result<Vec<Event>, BoxError> {
                 version_time,
                 severity: Severity::from_api(doc["severity"].as_str().unwrap_or("")),
                 title: doc["title"].as_str().map(str::to_string),
-                raw: RawValue::from_string(doc.to_string())?,
+                raw: RawValue::from_string(doc.to_string())?.into(),
             })
         })
         .collect()
@@ -97,7 +97,7 @@ pub fn pretty(events: &[Event]) -> Result<Vec<Event>, BoxError> {
         .map(|e| {
             let doc: Value = serde_json::from_str(e.raw.get())?;
             let mut p = e.clone();
-            p.raw = RawValue::from_string(serde_json::to_string_pretty(&doc)?)?;
+            p.raw = RawValue::from_string(serde_json::to_string_pretty(&doc)?)?.into();
             Ok(p)
         })
         .collect()

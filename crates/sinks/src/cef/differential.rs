@@ -49,7 +49,7 @@ fn assert_same_with_title(feed: Feed, raw: &str, title: Option<&str>) {
     let mut e = event_with_raw("{}");
     e.feed = feed;
     e.stream = feed.stream();
-    e.raw = RawValue::from_string(raw.to_string()).unwrap();
+    e.raw = RawValue::from_string(raw.to_string()).unwrap().into();
     e.title = title.map(str::to_string);
     let opts = CefOptions::default();
     let mut new = String::new();

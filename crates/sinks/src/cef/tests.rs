@@ -173,7 +173,7 @@ fn alert_with(f: impl FnOnce(&mut Value)) -> Event {
     let mut e = event(GRAPH_ALERTS, 0, Feed::GraphAlerts);
     let mut doc: Value = serde_json::from_str(e.raw.get()).unwrap();
     f(&mut doc);
-    e.raw = RawValue::from_string(doc.to_string()).unwrap();
+    e.raw = RawValue::from_string(doc.to_string()).unwrap().into();
     e
 }
 

@@ -75,7 +75,8 @@ mod tests {
             r#"{"incidentId":924565,"incidentName":"Ransomware activity","severity":"Medium"}"#
                 .into(),
         )
-        .unwrap();
+        .unwrap()
+        .into();
         e
     }
 

@@ -14,7 +14,9 @@ const SINK: &str = "splunk";
 
 fn small(id: &str) -> Event {
     let mut e = event(GRAPH_ALERTS, 0, Feed::GraphAlerts);
-    e.raw = RawValue::from_string(format!(r#"{{"id":"{id}"}}"#)).unwrap();
+    e.raw = RawValue::from_string(format!(r#"{{"id":"{id}"}}"#))
+        .unwrap()
+        .into();
     e
 }
 
