@@ -4,14 +4,13 @@
 //!
 //! `cargo bench -p relay-sim --bench sim_throughput` (target: ≥ 5,000 requests/s).
 
-// A benchmark binary: failing loudly on a broken setup is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use relay_config::{Audience, Feed};
 use relay_sim::{PayloadProfile, Sim, SimConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const CLIENTS: usize = 32;
 const REQUESTS: usize = 40_000;
@@ -21,22 +20,19 @@ struct Target {
     tokens: Vec<(Audience, String)>,
 }
 
+type Server = std::thread::JoinHandle<Result<(), Error>>;
+
 fn start_server(
     cfg: SimConfig,
-) -> (
-    Target,
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<()>,
-) {
+) -> Result<(Target, tokio::sync::oneshot::Sender<()>, Server), Error> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = std::thread::spawn(move || {
+    let handle = std::thread::spawn(move || -> Result<(), Error> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .unwrap();
+            .build()?;
         rt.block_on(async move {
-            let sim = Sim::start(cfg).await.unwrap();
+            let sim = Sim::start(cfg).await?;
             let tenant = sim.tenants()[0].tenant_id.clone();
             let tokens = [
                 Audience::ThreatProtection,
@@ -57,12 +53,20 @@ fn start_server(
                     base: sim.base_url().to_string(),
                     tokens,
                 })
-                .unwrap();
+                .map_err(|_| "the benchmark stopped waiting for the simulator")?;
             let _ = stop_rx.await;
             sim.shutdown().await;
-        });
+            Ok(())
+        })
     });
-    (ready_rx.recv().unwrap(), stop_tx, handle)
+    match ready_rx.recv() {
+        Ok(target) => Ok((target, stop_tx, handle)),
+        // The server thread ended before it was ready: its error says why.
+        Err(_) => Err(match handle.join() {
+            Ok(Err(e)) => e,
+            _ => "the simulator thread ended before it was ready".into(),
+        }),
+    }
 }
 
 fn path(feed: Feed) -> &'static str {
@@ -78,22 +82,20 @@ fn path(feed: Feed) -> &'static str {
     }
 }
 
-fn run(name: &str, cfg: SimConfig, feeds: &[Feed]) {
-    let (target, stop, server) = start_server(cfg);
+fn run(name: &str, cfg: SimConfig, feeds: &[Feed]) -> Result<(), Error> {
+    let (target, stop, server) = start_server(cfg)?;
     let target = Arc::new(target);
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
-        .build()
-        .unwrap();
+        .build()?;
     let bytes = Arc::new(AtomicU64::new(0));
     let feeds: Arc<Vec<Feed>> = Arc::new(feeds.to_vec());
     let started = Instant::now();
     client_rt.block_on(async {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(CLIENTS)
-            .build()
-            .unwrap();
+            .build()?;
         let mut tasks = Vec::new();
         for c in 0..CLIENTS {
             let http = http.clone();
@@ -107,24 +109,24 @@ fn run(name: &str, cfg: SimConfig, feeds: &[Feed]) {
                         .tokens
                         .iter()
                         .find(|(a, _)| *a == feed.audience())
-                        .unwrap()
+                        .ok_or_else(|| format!("no token minted for {feed:?}"))?
                         .1;
-                    let resp = http
-                        .get(format!("{}{}", target.base, path(feed)))
-                        .bearer_auth(token)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(resp.status().is_success(), "{}", resp.status());
-                    let body = resp.bytes().await.unwrap();
+                    let url = format!("{}{}", target.base, path(feed));
+                    let resp = http.get(&url).bearer_auth(token).send().await?;
+                    if !resp.status().is_success() {
+                        return Err(format!("GET {url}: HTTP {}", resp.status()).into());
+                    }
+                    let body = resp.bytes().await?;
                     bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                 }
+                Ok::<(), Error>(())
             }));
         }
         for t in tasks {
-            t.await.unwrap();
+            t.await??;
         }
-    });
+        Ok::<(), Error>(())
+    })?;
     let elapsed = started.elapsed();
     let done = (REQUESTS / CLIENTS * CLIENTS) as f64;
     let rps = done / elapsed.as_secs_f64();
@@ -139,10 +141,13 @@ fn run(name: &str, cfg: SimConfig, feeds: &[Feed]) {
         }
     );
     let _ = stop.send(());
-    server.join().unwrap();
+    server
+        .join()
+        .map_err(|_| "the simulator thread panicked")??;
+    Ok(())
 }
 
-fn main() {
+fn main() -> Result<(), Error> {
     let base = SimConfig {
         tenants: 4,
         seed: 1,
@@ -157,7 +162,7 @@ fn main() {
         "mixed feeds, realistic payloads, $top=10",
         base.clone(),
         &Feed::ALL,
-    );
+    )?;
     run(
         "alerts_v2, uniform 6 KB alerts, $top=10",
         SimConfig {
@@ -165,5 +170,5 @@ fn main() {
             ..base
         },
         &[Feed::GraphAlerts],
-    );
+    )
 }
