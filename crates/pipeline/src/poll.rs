@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use relay_auth::TokenManager;
 use relay_config::Feed;
 use relay_defender::{ApiFamily, DefenderClient, DefenderError};
-use relay_state::{truncate_to_tick, AuthState, PollCommit, StateError, StateStore};
+use relay_state::{truncate_to_tick, AuthState, Credentials, PollLog, PollWrite, StateError};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,12 +43,6 @@ pub(crate) enum PollError {
     /// The state store failed.
     #[error(transparent)]
     State(#[from] StateError),
-    /// A blocking state-store call panicked.
-    #[error("state store task failed during {operation}")]
-    Panicked {
-        /// What it was doing.
-        operation: &'static str,
-    },
 }
 
 /// How a poll ended when it did not fail.
@@ -68,28 +62,29 @@ pub(crate) enum PollEnd {
     Cancelled,
 }
 
-/// Runs `f` on the blocking pool: SQLite commits wait for fsync.
-async fn blocking<T: Send + 'static>(
-    state: &Arc<StateStore>,
-    operation: &'static str,
-    f: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
-) -> Result<T, PollError> {
-    let state = Arc::clone(state);
-    match tokio::task::spawn_blocking(move || f(&state)).await {
-        Ok(r) => r.map_err(PollError::from),
-        Err(_) => Err(PollError::Panicked { operation }),
-    }
+/// What a feed task keeps between polls: its committed checkpoint and the versions it
+/// committed inside the overlap, so a poll reads nothing from the store. Loaded from the
+/// store at the first poll and again after any failed poll (a page whose commit failed
+/// must not count as seen).
+struct Memo {
+    checkpoint: Option<DateTime<Utc>>,
+    seen: HashSet<(String, DateTime<Utc>)>,
+    /// The window start `seen` was loaded or pruned for.
+    seen_from: DateTime<Utc>,
 }
 
 /// Everything one (tenant, feed) task needs.
 pub(crate) struct FeedTask {
     pub(crate) plan: Arc<TenantPlan>,
     pub(crate) feed: Feed,
-    pub(crate) state: Arc<StateStore>,
+    pub(crate) log: PollLog,
+    pub(crate) credentials: Credentials,
     pub(crate) client: DefenderClient,
     pub(crate) tokens: TokenManager,
     /// The sinks the tenant routes to, in plan order.
     pub(crate) sinks: Vec<Arc<SinkCell>>,
+    /// Their names, as every commit of this feed names them.
+    pub(crate) sink_names: Arc<[String]>,
     pub(crate) stats: Arc<FeedCell>,
     pub(crate) tenant: Arc<TenantCell>,
     pub(crate) permits: Arc<Semaphore>,
@@ -104,6 +99,7 @@ impl FeedTask {
         let mut rng = SmallRng::from_entropy();
         let mut next = Instant::now() + first_poll_delay(interval, &mut rng);
         let mut paused_since = None;
+        let mut memo = None;
         debug!(?interval, "feed scheduled");
         loop {
             tokio::select! {
@@ -139,8 +135,11 @@ impl FeedTask {
                     Err(_) => break,
                 },
             };
-            let result = self.poll_once(&cancel).await;
+            let result = self.poll_once(&cancel, &mut memo).await;
             drop(permit);
+            if result.is_err() {
+                memo = None;
+            }
             match result {
                 Ok(PollEnd::Cancelled) => break,
                 Ok(PollEnd::Completed {
@@ -189,17 +188,18 @@ impl FeedTask {
     }
 
     /// One poll of the window; see the module docs.
-    pub(crate) async fn poll_once(&self, cancel: &CancellationToken) -> Result<PollEnd, PollError> {
-        let tenant = self.plan.name().to_owned();
+    async fn poll_once(
+        &self,
+        cancel: &CancellationToken,
+        memo: &mut Option<Memo>,
+    ) -> Result<PollEnd, PollError> {
+        let tenant = self.plan.name();
         let feed = self.feed.as_str();
         let now = Utc::now();
 
-        let stored = {
-            let tenant = tenant.clone();
-            blocking(&self.state, "reading the checkpoint", move |s| {
-                s.checkpoint(&tenant, feed)
-            })
-            .await?
+        let stored = match memo {
+            Some(m) => m.checkpoint,
+            None => self.log.checkpoint(tenant, feed).await?,
         };
         let checkpoint = stored.unwrap_or_else(|| before(now, self.plan.first_fetch));
         let from = truncate_to_tick(before(checkpoint, self.plan.overlap));
@@ -207,6 +207,7 @@ impl FeedTask {
         if to <= from {
             // Only possible with an availability lag longer than overlap + the time since
             // the last poll; there is nothing to ask for yet.
+            self.log.record_poll(tenant, feed, None).await?;
             return Ok(PollEnd::Completed {
                 events: 0,
                 duplicates: 0,
@@ -214,16 +215,22 @@ impl FeedTask {
             });
         }
 
-        let mut seen: HashSet<(String, DateTime<Utc>)> = {
-            let tenant = tenant.clone();
-            blocking(&self.state, "reading seen versions", move |s| {
-                s.seen_since(&tenant, feed, from)
-            })
-            .await?
+        let m = match memo {
+            Some(m) => {
+                if from > m.seen_from {
+                    m.seen.retain(|(_, t)| *t >= from);
+                    m.seen_from = from;
+                }
+                m
+            }
+            None => memo.insert(Memo {
+                checkpoint: stored,
+                seen: self.log.seen_since(tenant, feed, from).await?,
+                seen_from: from,
+            }),
         };
-        debug!(from = %from.to_rfc3339(), to = %to.to_rfc3339(), seen = seen.len(), "polling window");
+        debug!(from = %from.to_rfc3339(), to = %to.to_rfc3339(), seen = m.seen.len(), "polling window");
 
-        let sink_names: Arc<[String]> = self.sinks.iter().map(|s| s.name.clone()).collect();
         let mut pager = self
             .client
             .window(&self.plan.target, self.feed, from, to)
@@ -243,41 +250,33 @@ impl FeedTask {
             for item in items {
                 // The store keeps 100-ns ticks; compare at that precision.
                 let key = (item.id.clone(), truncate_to_tick(item.last_update));
-                if seen.contains(&key) {
+                if m.seen.contains(&key) || page_seen.contains(&key) {
                     duplicates += 1;
                     continue;
                 }
                 let event = normalize(item);
-                let bytes = event.to_outbox_bytes();
-                seen.insert(key.clone());
+                payloads.push(event.to_outbox_bytes());
                 page_seen.push(key);
-                payloads.push(bytes);
             }
             if payloads.is_empty() {
                 continue;
             }
             let appended = payloads.len() as u64;
-            let outcome = {
-                let tenant = tenant.clone();
-                let sinks = Arc::clone(&sink_names);
-                blocking(&self.state, "committing a page", move |s| {
-                    let seen: Vec<(&str, DateTime<Utc>)> =
-                        page_seen.iter().map(|(id, t)| (id.as_str(), *t)).collect();
-                    let outbox: Vec<(&str, &[u8])> = payloads
-                        .iter()
-                        .flat_map(|p| sinks.iter().map(move |sink| (sink.as_str(), p.as_slice())))
-                        .collect();
-                    s.commit_poll(&PollCommit {
-                        tenant: &tenant,
-                        feed,
-                        new_checkpoint: None,
-                        seen: &seen,
-                        outbox: &outbox,
-                        prune_seen_before: from,
-                    })
+            let outcome = self
+                .log
+                .commit(PollWrite {
+                    tenant: tenant.to_owned(),
+                    feed,
+                    new_checkpoint: None,
+                    seen: page_seen.clone(),
+                    payloads,
+                    sinks: Arc::clone(&self.sink_names),
+                    prune_seen_before: from,
+                    outcome: None,
                 })
-                .await?
-            };
+                .await?;
+            // Committed: from now on these versions are delivered.
+            m.seen.extend(page_seen);
             events += appended;
             self.stats.inner.lock().events += appended;
             for sink in &self.sinks {
@@ -289,18 +288,22 @@ impl FeedTask {
             }
         }
 
-        // Every page was read and committed: the window is done.
-        let outcome = blocking(&self.state, "advancing the checkpoint", move |s| {
-            s.commit_poll(&PollCommit {
-                tenant: &tenant,
+        // Every page was read and committed: the window is done. The same commit records
+        // the poll for `status`.
+        let outcome = self
+            .log
+            .commit(PollWrite {
+                tenant: tenant.to_owned(),
                 feed,
                 new_checkpoint: Some(to),
-                seen: &[],
-                outbox: &[],
+                seen: Vec::new(),
+                payloads: Vec::new(),
+                sinks: Arc::clone(&self.sink_names),
                 prune_seen_before: from,
+                outcome: Some(Ok(())),
             })
-        })
-        .await?;
+            .await?;
+        m.checkpoint = outcome.checkpoint;
         Ok(PollEnd::Completed {
             events,
             duplicates,
@@ -325,7 +328,6 @@ impl FeedTask {
             s.checkpoint = checkpoint;
         }
         debug!(events, duplicates, took = ?started.elapsed(), "poll done");
-        self.record_poll(None).await;
     }
 
     async fn on_failure(&self, e: &PollError, interval: Duration) {
@@ -341,7 +343,7 @@ impl FeedTask {
                 PollError::Defender(d) if d.is_transient() => s.errors.transient += 1,
                 PollError::Defender(_) => s.errors.permanent += 1,
                 PollError::State(st) if st.is_transient() => s.errors.transient += 1,
-                PollError::State(_) | PollError::Panicked { .. } => s.errors.state += 1,
+                PollError::State(_) => s.errors.state += 1,
             }
         }
         match e {
@@ -381,12 +383,10 @@ impl FeedTask {
     }
 
     async fn record_poll(&self, error: Option<String>) {
-        let tenant = self.plan.name().to_owned();
-        let feed = self.feed.as_str();
-        let r = blocking(&self.state, "recording a poll", move |s| {
-            s.record_poll(&tenant, feed, error.as_deref().map_or(Ok(()), Err))
-        })
-        .await;
+        let r = self
+            .log
+            .record_poll(self.plan.name(), self.feed.as_str(), error)
+            .await;
         if let Err(e) = r {
             warn!(error = %chain(&e), "cannot record the poll outcome in the state store");
         }
@@ -420,11 +420,7 @@ impl FeedTask {
             }
             t.auth = Some(new.clone());
         }
-        let tenant = self.plan.name().to_owned();
-        let r = blocking(&self.state, "recording the auth state", move |s| {
-            s.set_auth_state(&tenant, &new)
-        })
-        .await;
+        let r = self.credentials.set_auth_state(self.plan.name(), new).await;
         if let Err(e) = r {
             warn!(error = %chain(&e), "cannot record the auth state in the state store");
             // Try again after the next poll.

@@ -9,7 +9,7 @@ use relay_config::Config;
 use relay_defender::{ClientOptions, DefenderClient, RateLimits, TokenProvider};
 use relay_sinks::splunk_hec::HecLabels;
 use relay_sinks::AnySink;
-use relay_state::StateStore;
+use relay_state::{State, StateStore};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -76,6 +76,8 @@ pub struct RunReport {
 /// token manager, one API client, one state store and one in-flight limit.
 pub struct Relay {
     state: Arc<StateStore>,
+    /// The store's async face (group commits); every task's writes go through it.
+    writes: State,
     tokens: TokenManager,
     client: DefenderClient,
     tenants: Vec<FeedSetup>,
@@ -162,8 +164,13 @@ impl Relay {
                 .collect(),
             sinks.iter().map(|(_, cell)| Arc::clone(cell)).collect(),
         );
+        let writes = State::start(Arc::clone(&state)).map_err(|source| PipelineError::State {
+            context: "cannot start the state writer".into(),
+            source: Box::new(source),
+        })?;
         Ok(Relay {
             state,
+            writes,
             tokens,
             client,
             tenants,
@@ -197,6 +204,7 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, PipelineError> {
         let Relay {
             state,
+            writes,
             tokens,
             client,
             tenants,
@@ -250,6 +258,7 @@ impl Relay {
         let poll_tasks = TaskTracker::new();
         let spawner = Spawner {
             state: Arc::clone(&state),
+            writes: writes.clone(),
             client,
             tokens,
             permits,

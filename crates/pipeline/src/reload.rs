@@ -25,7 +25,7 @@ use relay_config::{
 };
 use relay_defender::DefenderClient;
 use relay_sinks::splunk_hec::HecLabels;
-use relay_state::StateStore;
+use relay_state::{State, StateStore};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -161,6 +161,8 @@ impl Control {
 /// What starts a tenant's poll tasks: the parts every tenant shares.
 pub(crate) struct Spawner {
     pub(crate) state: Arc<StateStore>,
+    /// The same store's async face: poll commits go through its group-commit writer.
+    pub(crate) writes: State,
     pub(crate) client: DefenderClient,
     pub(crate) tokens: TokenManager,
     pub(crate) permits: Arc<Semaphore>,
@@ -251,7 +253,9 @@ impl Spawner {
                 let task = FeedTask {
                     plan: Arc::clone(&setup.plan),
                     feed: *feed,
-                    state: Arc::clone(&self.state),
+                    log: self.writes.poll_log(),
+                    credentials: self.writes.credentials(),
+                    sink_names: setup.sinks.iter().map(|s| s.name.clone()).collect(),
                     client: self.client.clone(),
                     tokens: self.tokens.clone(),
                     sinks: setup.sinks.clone(),

@@ -27,7 +27,7 @@
 pub mod entra;
 mod relay_files;
 
-pub use relay_files::{api_of, RelayFiles};
+pub use relay_files::{api_of, FilesAuth, RelayFiles};
 
 mod api;
 mod control;
@@ -100,6 +100,9 @@ pub struct SimConfig {
     pub late_visibility_jitter: Duration,
     /// Creates and updates per tenant per minute (0: only scripted activity).
     pub activity: u32,
+    /// When set, replaces `activity` with a rate per tenant per hour, for the realistic
+    /// case of a tenant changing a few items a day (1.0 ≈ 24 changes a day).
+    pub activity_per_hour: Option<f64>,
     /// How often the activity generator runs.
     pub activity_tick: Duration,
     /// Incidents per tenant that exist, already visible, at start.
@@ -134,6 +137,7 @@ impl Default for SimConfig {
             late_visibility: Duration::from_secs(20),
             late_visibility_jitter: Duration::from_secs(10),
             activity: 30,
+            activity_per_hour: None,
             activity_tick: Duration::from_millis(100),
             backlog: 50,
             backlog_span: Duration::from_secs(24 * 3_600),
@@ -349,7 +353,9 @@ impl Sim {
             WorldConfig {
                 late_visibility: cfg.late_visibility,
                 late_visibility_jitter: cfg.late_visibility_jitter,
-                activity_per_minute: f64::from(cfg.activity),
+                activity_per_minute: cfg
+                    .activity_per_hour
+                    .map_or(f64::from(cfg.activity), |per_hour| per_hour / 60.0),
                 backlog: cfg.backlog,
                 backlog_span: cfg.backlog_span,
                 burst_size: cfg.burst_size,

@@ -27,6 +27,20 @@ pub struct RelayFiles {
     pub tenant_sinks: Vec<String>,
     /// Extra verbatim TOML appended to relay.toml (e.g. `[outbox]`).
     pub extra_toml: String,
+    /// How tenants authenticate.
+    pub auth: FilesAuth,
+    /// The API family every tenant is read through; `None` alternates (see [`api_of`]).
+    pub api: Option<&'static str>,
+}
+
+/// The credential written into generated tenant files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilesAuth {
+    /// A refresh token from the consent flow (`secrets/NAME.rt`).
+    #[default]
+    RefreshToken,
+    /// The app's client secret (`secrets/NAME.secret`): client credentials.
+    ClientSecret,
 }
 
 impl Default for RelayFiles {
@@ -39,6 +53,8 @@ impl Default for RelayFiles {
             sinks_toml: "[sinks.file]\ntype = \"file\"\npath = \"events\"\n".to_string(),
             tenant_sinks: vec!["file".to_string()],
             extra_toml: String::new(),
+            auth: FilesAuth::RefreshToken,
+            api: None,
         }
     }
 }
@@ -91,17 +107,28 @@ impl Sim {
             .collect::<Vec<_>>()
             .join(", ");
         for (i, t) in self.tenants().iter().enumerate() {
-            fs::write(secrets.join(format!("{}.rt", t.name)), &t.refresh_token)?;
+            let (kind, key, file) = match files.auth {
+                FilesAuth::RefreshToken => {
+                    let file = format!("{}.rt", t.name);
+                    fs::write(secrets.join(&file), &t.refresh_token)?;
+                    ("refresh_token", "refresh_token", file)
+                }
+                FilesAuth::ClientSecret => {
+                    let file = format!("{}.secret", t.name);
+                    fs::write(secrets.join(&file), &t.client_secret)?;
+                    ("client_secret", "client_secret", file)
+                }
+            };
             let mut toml = String::new();
             let _ = write!(
                 toml,
                 "name = \"{name}\"\ntenant_id = \"{tid}\"\nstreams = [\"incidents\", \"alerts\"]\n\
                  sinks = [{sinks}]\napi = \"{api}\"\n\n[cloud]\nbase = \"{base}\"\n\n\
-                 [auth]\nkind = \"refresh_token\"\nclient_id = \"{cid}\"\n\
-                 refresh_token = {{ file = \"secrets/{name}.rt\" }}\n",
+                 [auth]\nkind = \"{kind}\"\nclient_id = \"{cid}\"\n\
+                 {key} = {{ file = \"secrets/{file}\" }}\n",
                 name = t.name,
                 tid = t.tenant_id,
-                api = api_of(i),
+                api = files.api.unwrap_or_else(|| api_of(i)),
                 base = self.base_url(),
                 cid = t.client_id,
             );

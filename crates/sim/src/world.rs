@@ -296,6 +296,12 @@ impl World {
             };
             t.backlog(started);
             t.promote(started);
+            // Below one change per tenant per minute, tenants that all start at zero credit
+            // would all change in the same tick; a random phase spreads them over the
+            // period the way real tenants are spread.
+            if cfg.activity_per_minute > 0.0 && cfg.activity_per_minute < 1.0 {
+                t.credit = t.rng.gen_range(0.0..1.0);
+            }
             versions += t.versions;
             by_id.insert(tenant_id.clone(), index);
             tenants.push((tenant_id.clone(), Mutex::new(t)));

@@ -230,6 +230,26 @@ pub enum StateError {
         /// SQLite's report.
         source: rusqlite::Error,
     },
+
+    /// The transaction that carried this write together with others failed as a whole
+    /// (e.g. the disk filled up at commit); nothing of it was stored.
+    #[error("state file {path}: the group commit carrying this write failed: {message}")]
+    GroupCommit {
+        /// The state file.
+        path: PathBuf,
+        /// The commit's error, with its sources.
+        message: String,
+        /// Whether that error was transient.
+        transient: bool,
+    },
+
+    /// The writer thread of the async face is gone: the relay is shutting down, or the
+    /// thread panicked.
+    #[error("state file {path}: the state writer has stopped")]
+    WriterStopped {
+        /// The state file.
+        path: PathBuf,
+    },
 }
 
 impl StateError {
@@ -239,6 +259,7 @@ impl StateError {
     pub fn is_transient(&self) -> bool {
         match self {
             StateError::Busy { .. } => true,
+            StateError::GroupCommit { transient, .. } => *transient,
             StateError::Segment { source, .. } => {
                 matches!(
                     source.kind(),

@@ -27,9 +27,9 @@ pub mod types;
 
 pub use error::{Result, StateError};
 pub use key::{StateKey, KEY_LEN};
-pub use store::StateStore;
+pub use store::{Credentials, Outbox, PollLog, PollWrite, State, StateStore, StatusReader};
 pub use ticks::truncate_to_tick;
 pub use types::{
     AuthState, CommitOutcome, FeedStatus, OutboxDepth, OutboxLimit, OutboxRow, PollCommit,
-    SinkStatus, StatusSnapshot, StoreOptions, TenantStatus, TimedError,
+    SinkStatus, StatusSnapshot, StoreOptions, StoreStats, TenantStatus, TimedError,
 };

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
@@ -17,7 +18,7 @@ use crate::segments::{self, Location, SegmentReader, SegmentWriter};
 use crate::ticks::{from_ticks, to_ticks};
 use crate::types::{
     AuthState, CommitOutcome, FeedStatus, OutboxDepth, OutboxRow, PollCommit, SinkStatus,
-    StatusSnapshot, StoreOptions, TenantStatus, TimedError,
+    StatusSnapshot, StoreOptions, StoreStats, TenantStatus, TimedError,
 };
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -42,19 +43,25 @@ const TOKEN_AAD_PREFIX: &[u8] = b"xdr-relay refresh token\0";
 /// outbox payloads in segment files in the `<state file>-outbox` directory beside it
 /// (see segments.rs).
 ///
-/// The API is synchronous; async callers use `spawn_blocking` or a dedicated thread.
+/// The API is synchronous; the pipeline uses the async, role-shaped face
+/// [`State`](crate::State), whose writer thread groups many writes into one transaction.
 ///
 /// `StateStore` is `Send + Sync` and meant to be shared in an `Arc`. It holds two
 /// connections, each behind a mutex: one writer, because SQLite serialises writers
 /// anyway and a pool of them would only contend for the same lock; and one reader, so
-/// sink workers reading their outbox and `status` reads do not queue behind a commit's
-/// fsync (WAL lets a reader proceed while the writer commits).
+/// sink workers reading their outbox and `status` reads do not queue behind a commit
+/// (WAL lets a reader proceed while the writer commits).
 ///
-/// Durability: WAL mode with `synchronous = FULL`, so every commit is fsynced before it
-/// returns. `NORMAL` would be faster but may lose the last commits on power loss, and
-/// a lost rotated refresh token costs a customer re-consent; a lost outbox row after its
-/// checkpoint advanced would be a lost incident. Batching many events per commit keeps
-/// the fsync cost small.
+/// Durability: WAL mode with `synchronous = NORMAL`: a commit is on disk in order but not
+/// synced, so a power loss (not a crash of the process, which loses nothing committed)
+/// can lose the last commits — always a suffix, since SQLite's WAL recovery stops at the
+/// first frame that did not make it. Every such loss is re-done by polling again: a lost
+/// checkpoint advance re-reads its window, lost seen rows and outbox rows go with it (the
+/// same commit) and are re-created by that re-poll, and a lost ack re-sends its batch (a
+/// duplicate, never a gap). Outbox payloads are synced to their segment before the commit
+/// that indexes them, so a surviving row always finds its bytes. The one write a re-poll
+/// cannot re-create, a rotated refresh token, commits with `synchronous = FULL`
+/// ([`StateStore::save_refresh_token`]); that sync also makes every earlier commit durable.
 pub struct StateStore {
     path: PathBuf,
     segment_dir: PathBuf,
@@ -62,6 +69,7 @@ pub struct StateStore {
     reader: Mutex<Connection>,
     sealer: Option<Sealer>,
     options: StoreOptions,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -134,6 +142,7 @@ impl StateStore {
             reader: Mutex::new(reader),
             sealer,
             options,
+            counters: Counters::default(),
         })
     }
 
@@ -182,7 +191,20 @@ impl StateStore {
             reader: Mutex::new(reader),
             sealer,
             options,
+            counters: Counters::default(),
         })
+    }
+
+    /// What the store did since it was opened: commits, how many of them were synced, and
+    /// how many segment syncs outbox payloads cost.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            durable_commits: c.durable_commits.load(Ordering::Relaxed),
+            segment_syncs: c.segment_syncs.load(Ordering::Relaxed),
+            grouped_writes: c.grouped_writes.load(Ordering::Relaxed),
+        }
     }
 
     /// The state file.
@@ -213,28 +235,45 @@ impl StateStore {
     /// THE transaction of a poll: appends `commit.outbox` to each sink's outbox, records
     /// `commit.seen`, advances the checkpoint (never backwards) and prunes seen versions
     /// older than `commit.prune_seen_before`. All of it or none of it is stored; once this
-    /// returns `Ok`, all of it survives a crash or power loss.
+    /// returns `Ok`, all of it survives a crash of the process, and a power loss either
+    /// keeps all of it or loses it together with every later commit (see the durability
+    /// note on [`StateStore`]). The pipeline hands its commits to the group-commit writer
+    /// ([`State`](crate::State)) instead, which runs the same steps for many at once.
     pub fn commit_poll(&self, commit: &PollCommit<'_>) -> Result<CommitOutcome> {
         const OP: &str = "commit_poll";
-        let new_checkpoint = commit.new_checkpoint.map(to_ticks).transpose()?;
-        let prune_before = to_ticks(commit.prune_seen_before)?;
-        let seen = commit
-            .seen
-            .iter()
-            .map(|(id, at)| Ok((*id, to_ticks(*at)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let now = to_ticks(Utc::now())?;
         let sql = |e| StateError::sqlite(&self.path, OP, e);
-
         let mut writer = self.writer_state(OP)?;
         let Writer { conn, segments } = &mut *writer;
+        let staged = self.stage_payloads(segments, std::slice::from_ref(commit))?;
+        let now = to_ticks(Utc::now())?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        self.record_high_water(&tx, &staged).map_err(sql)?;
+        let outcome = self.apply_poll(&tx, commit, &staged.slots_of[0], &staged.locations, now)?;
+        tx.commit().map_err(sql)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        if staged.rotated {
+            segments.collect(conn, true);
+        }
+        warn_over_limit(commit, &outcome);
+        Ok(outcome)
+    }
 
-        // Each distinct payload is written once, however many sinks it is routed to: the
-        // pipeline passes the same slice for each sink of an event.
+    /// Writes the payloads of `commits` to the active segment in one write and one sync
+    /// (a payload passed for several sinks of one commit is written once), before any
+    /// transaction refers to them: a crash in between leaves unreferenced bytes, collected
+    /// later, never a row without its payload.
+    pub(crate) fn stage_payloads(
+        &self,
+        segments: &mut SegmentWriter,
+        commits: &[PollCommit<'_>],
+    ) -> Result<Staged> {
         let mut slots: Vec<&[u8]> = Vec::new();
-        let mut slot_of: Vec<usize> = Vec::with_capacity(commit.outbox.len());
-        {
+        let mut slots_of = Vec::with_capacity(commits.len());
+        for commit in commits {
             let mut by_slice: HashMap<(usize, usize), usize> = HashMap::new();
+            let mut slot_of = Vec::with_capacity(commit.outbox.len());
             for (_, payload) in commit.outbox {
                 let key = (payload.as_ptr() as usize, payload.len());
                 let slot = *by_slice.entry(key).or_insert_with(|| {
@@ -243,36 +282,74 @@ impl StateStore {
                 });
                 slot_of.push(slot);
             }
+            slots_of.push(slot_of);
         }
-        // Durable before the rows that point at it commit: a crash in between leaves
-        // unreferenced bytes, collected later, never a row without its payload.
-        let written = if slots.is_empty() {
-            None
-        } else {
-            Some(segments.append(&slots)?)
-        };
-        let locations = written.as_ref().map_or(&[][..], |w| w.locations.as_slice());
+        if slots.is_empty() {
+            return Ok(Staged {
+                locations: Vec::new(),
+                slots_of,
+                started: None,
+                rotated: false,
+            });
+        }
+        let written = segments.append(&slots)?;
+        self.counters.segment_syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(Staged {
+            locations: written.locations,
+            slots_of,
+            started: written.started,
+            rotated: written.rotated,
+        })
+    }
 
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
+    /// Remembers the first segment a staged write started, so a restart knows which
+    /// segment ids were ever used.
+    pub(crate) fn record_high_water(
+        &self,
+        conn: &Connection,
+        staged: &Staged,
+    ) -> rusqlite::Result<()> {
+        if let Some(started) = staged.started {
+            conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![segments::HIGH_WATER_KEY, started]))?;
+        }
+        Ok(())
+    }
+
+    /// The rows of one poll commit, inside the caller's transaction or savepoint; its
+    /// payloads are at `locations[slot_of[i]]` for its `i`-th outbox entry.
+    pub(crate) fn apply_poll(
+        &self,
+        conn: &Connection,
+        commit: &PollCommit<'_>,
+        slot_of: &[usize],
+        locations: &[Location],
+        now: i64,
+    ) -> Result<CommitOutcome> {
+        const OP: &str = "commit_poll";
+        let sql = |e| StateError::sqlite(&self.path, OP, e);
+        let new_checkpoint = commit.new_checkpoint.map(to_ticks).transpose()?;
+        let prune_before = to_ticks(commit.prune_seen_before)?;
 
         // Sink ids are looked up inside the transaction and not cached across calls: a
         // sink row created by a transaction that then rolls back must not be remembered.
         let mut appended: Vec<Appended<'_>> = Vec::new();
-        {
-            let mut append = tx
+        if !commit.outbox.is_empty() {
+            let mut append = conn
                 .prepare_cached(
                     "INSERT INTO outbox
                         (sink_id, tenant, enqueued_ticks, bytes, payload, segment, segment_offset, crc32)
                      VALUES (?1, ?2, ?3, ?4, x'', ?5, ?6, ?7)",
                 )
                 .map_err(sql)?;
-            for ((sink, payload), slot) in commit.outbox.iter().zip(&slot_of) {
+            for ((sink, payload), slot) in commit.outbox.iter().zip(slot_of) {
                 let index = match appended.iter().position(|a| a.sink == *sink) {
                     Some(index) => index,
                     None => {
-                        let sink_id = ensure_sink(&tx, sink).map_err(sql)?;
+                        let sink_id = ensure_sink(conn, sink).map_err(sql)?;
                         appended.push(Appended {
                             sink,
                             sink_id,
@@ -304,27 +381,26 @@ impl StateStore {
                 entry.bytes = entry.bytes.saturating_add(bytes);
             }
         }
-        {
-            let mut record = tx
+        if !commit.seen.is_empty() {
+            let mut record = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO seen (tenant, feed, version_ticks, item_id)
                      VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(sql)?;
-            for (id, ticks) in &seen {
+            for (id, at) in commit.seen {
                 record
-                    .execute(params![commit.tenant, commit.feed, ticks, id])
+                    .execute(params![commit.tenant, commit.feed, to_ticks(*at)?, id])
                     .map_err(sql)?;
             }
         }
 
-        let stored: Option<i64> = tx
-            .query_row(
-                "SELECT checkpoint_ticks FROM feeds WHERE tenant = ?1 AND feed = ?2",
-                params![commit.tenant, commit.feed],
-                |row| row.get(0),
-            )
-            .optional()
+        let stored: Option<i64> = conn
+            .prepare_cached("SELECT checkpoint_ticks FROM feeds WHERE tenant = ?1 AND feed = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![commit.tenant, commit.feed], |row| row.get(0))
+                    .optional()
+            })
             .map_err(sql)?
             .flatten();
         let checkpoint = match (stored, new_checkpoint) {
@@ -338,58 +414,38 @@ impl StateStore {
                 );
                 Some(old)
             }
+            (Some(old), Some(new)) if new == old => Some(old),
             (_, Some(new)) => {
-                tx.execute(
+                conn.prepare_cached(
                     "INSERT INTO feeds (tenant, feed, checkpoint_ticks) VALUES (?1, ?2, ?3)
                      ON CONFLICT (tenant, feed) DO UPDATE SET checkpoint_ticks = excluded.checkpoint_ticks",
-                    params![commit.tenant, commit.feed, new],
                 )
+                .and_then(|mut stmt| stmt.execute(params![commit.tenant, commit.feed, new]))
                 .map_err(sql)?;
                 Some(new)
             }
             (old, None) => old,
         };
 
-        if let Some(started) = written.as_ref().and_then(|w| w.started) {
-            tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-            )
-            .and_then(|mut stmt| stmt.execute(params![segments::HIGH_WATER_KEY, started]))
-            .map_err(sql)?;
-        }
-        tx.execute(
+        conn.prepare_cached(
             "DELETE FROM seen WHERE tenant = ?1 AND feed = ?2 AND version_ticks < ?3",
-            params![commit.tenant, commit.feed, prune_before],
         )
+        .and_then(|mut stmt| stmt.execute(params![commit.tenant, commit.feed, prune_before]))
         .map_err(sql)?;
 
         let mut sinks_over_limit = Vec::new();
         for a in &appended {
-            let (rows, bytes) = add_depth(&tx, a.sink_id, a.rows, a.bytes).map_err(sql)?;
+            let (rows, bytes) = add_depth(conn, a.sink_id, a.rows, a.bytes).map_err(sql)?;
             if self.options.limit_for(a.sink).reached_by(rows, bytes) {
                 sinks_over_limit.push(a.sink.to_owned());
             }
-        }
-        tx.commit().map_err(sql)?;
-        if written.as_ref().is_some_and(|w| w.rotated) {
-            segments.collect(conn, true);
-        }
-
-        for sink in &sinks_over_limit {
-            tracing::warn!(
-                tenant = commit.tenant,
-                feed = commit.feed,
-                sink,
-                "sink outbox reached its limit"
-            );
         }
         tracing::debug!(
             tenant = commit.tenant,
             feed = commit.feed,
             appended = commit.outbox.len(),
-            seen = seen.len(),
-            "poll committed"
+            seen = commit.seen.len(),
+            "poll staged"
         );
         Ok(CommitOutcome {
             checkpoint: checkpoint.map(|t| self.time(t, "feeds")).transpose()?,
@@ -447,22 +503,37 @@ impl StateStore {
     /// Records how a poll of (tenant, feed) ended, for `status`: `Err` carries the error
     /// text (free of secrets). A failure's text is kept after later successes.
     pub fn record_poll(&self, tenant: &str, feed: &str, outcome: Result<(), &str>) -> Result<()> {
-        const OP: &str = "record_poll";
         let now = to_ticks(Utc::now())?;
-        let conn = self.writer(OP)?;
+        let conn = self.writer("record_poll")?;
+        self.record_poll_in(&conn, tenant, feed, outcome, now)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn record_poll_in(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        feed: &str,
+        outcome: Result<(), &str>,
+        now: i64,
+    ) -> Result<()> {
+        const OP: &str = "record_poll";
         let result = match outcome {
-            Ok(()) => conn.execute(
-                "INSERT INTO feeds (tenant, feed, last_poll_ticks, last_poll_ok) VALUES (?1, ?2, ?3, 1)
-                 ON CONFLICT (tenant, feed) DO UPDATE SET last_poll_ticks = ?3, last_poll_ok = 1",
-                params![tenant, feed, now],
-            ),
-            Err(error) => conn.execute(
-                "INSERT INTO feeds (tenant, feed, last_poll_ticks, last_poll_ok, last_error, last_error_ticks)
-                 VALUES (?1, ?2, ?3, 0, ?4, ?3)
-                 ON CONFLICT (tenant, feed) DO UPDATE SET
-                    last_poll_ticks = ?3, last_poll_ok = 0, last_error = ?4, last_error_ticks = ?3",
-                params![tenant, feed, now, error],
-            ),
+            Ok(()) => conn
+                .prepare_cached(
+                    "INSERT INTO feeds (tenant, feed, last_poll_ticks, last_poll_ok) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (tenant, feed) DO UPDATE SET last_poll_ticks = ?3, last_poll_ok = 1",
+                )
+                .and_then(|mut stmt| stmt.execute(params![tenant, feed, now])),
+            Err(error) => conn
+                .prepare_cached(
+                    "INSERT INTO feeds (tenant, feed, last_poll_ticks, last_poll_ok, last_error, last_error_ticks)
+                     VALUES (?1, ?2, ?3, 0, ?4, ?3)
+                     ON CONFLICT (tenant, feed) DO UPDATE SET
+                        last_poll_ticks = ?3, last_poll_ok = 0, last_error = ?4, last_error_ticks = ?3",
+                )
+                .and_then(|mut stmt| stmt.execute(params![tenant, feed, now, error])),
         };
         result
             .map(drop)
@@ -541,48 +612,17 @@ impl StateStore {
     /// Deletes `sink`'s rows with `seq <= up_to_seq` after the sink acknowledged them, and
     /// records the delivery time. Returns the number of rows deleted.
     pub fn ack(&self, sink: &str, up_to_seq: i64) -> Result<u64> {
-        const OP: &str = "ack";
-        self.delete_acked(OP, sink, |tx, sink_id| {
-            let mut stmt = tx.prepare_cached(
-                "DELETE FROM outbox WHERE sink_id = ?1 AND seq <= ?2 RETURNING bytes",
-            )?;
-            let mut deleted = Deleted::default();
-            let mut rows = stmt.query(params![sink_id, up_to_seq])?;
-            while let Some(row) = rows.next()? {
-                deleted.add(row.get(0)?);
-            }
-            Ok(deleted)
-        })
+        self.delete_acked("ack", sink, &Acked::UpTo(up_to_seq))
     }
 
     /// Deletes exactly the listed rows of `sink`, for sinks that acknowledge out of order
     /// (delivery reports, indexer acks). Unknown or already deleted seqs are ignored.
     /// Returns the number of rows deleted.
     pub fn ack_rows(&self, sink: &str, seqs: &[i64]) -> Result<u64> {
-        const OP: &str = "ack_rows";
-        self.delete_acked(OP, sink, |tx, sink_id| {
-            let mut stmt = tx.prepare_cached(
-                "DELETE FROM outbox WHERE sink_id = ?1 AND seq = ?2 RETURNING bytes",
-            )?;
-            let mut deleted = Deleted::default();
-            for seq in seqs {
-                if let Some(bytes) = stmt
-                    .query_row(params![sink_id, seq], |row| row.get(0))
-                    .optional()?
-                {
-                    deleted.add(bytes);
-                }
-            }
-            Ok(deleted)
-        })
+        self.delete_acked("ack_rows", sink, &Acked::Rows(seqs))
     }
 
-    fn delete_acked(
-        &self,
-        op: &'static str,
-        sink: &str,
-        delete: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<Deleted>,
-    ) -> Result<u64> {
+    fn delete_acked(&self, op: &'static str, sink: &str, acked: &Acked<'_>) -> Result<u64> {
         let now = to_ticks(Utc::now())?;
         let sql = |e| StateError::sqlite(&self.path, op, e);
         let mut writer = self.writer_state(op)?;
@@ -590,13 +630,65 @@ impl StateStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        let Some(sink_id) = sink_id(&tx, sink).map_err(sql)? else {
-            return Ok(0);
+        let done = self.apply_ack(&tx, op, sink, acked, now)?;
+        tx.commit().map_err(sql)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        if done.rows > 0 {
+            segments.collect(conn, false);
+        }
+        if done.emptied {
+            reclaim_space(conn, &self.path);
+        }
+        Ok(done.rows)
+    }
+
+    /// Deletes acknowledged rows inside the caller's transaction or savepoint and takes
+    /// them off the sink's depth.
+    pub(crate) fn apply_ack(
+        &self,
+        conn: &Connection,
+        op: &'static str,
+        sink: &str,
+        acked: &Acked<'_>,
+        now: i64,
+    ) -> Result<AckDone> {
+        let sql = |e| StateError::sqlite(&self.path, op, e);
+        let Some(sink_id) = sink_id(conn, sink).map_err(sql)? else {
+            return Ok(AckDone::default());
         };
-        let deleted = delete(&tx, sink_id).map_err(sql)?;
+        let mut deleted = Deleted::default();
+        match acked {
+            Acked::UpTo(up_to_seq) => {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE sink_id = ?1 AND seq <= ?2 RETURNING bytes",
+                    )
+                    .map_err(sql)?;
+                let mut rows = stmt.query(params![sink_id, up_to_seq]).map_err(sql)?;
+                while let Some(row) = rows.next().map_err(sql)? {
+                    deleted.add(row.get(0).map_err(sql)?);
+                }
+            }
+            Acked::Rows(seqs) => {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE sink_id = ?1 AND seq = ?2 RETURNING bytes",
+                    )
+                    .map_err(sql)?;
+                for seq in *seqs {
+                    if let Some(bytes) = stmt
+                        .query_row(params![sink_id, seq], |row| row.get(0))
+                        .optional()
+                        .map_err(sql)?
+                    {
+                        deleted.add(bytes);
+                    }
+                }
+            }
+        }
         let mut emptied = false;
         if deleted.rows > 0 {
-            let (rows, _) = tx
+            let (rows, _) = conn
                 .prepare_cached(
                     "UPDATE sinks SET depth_rows = depth_rows - ?2, depth_bytes = depth_bytes - ?3,
                                       last_delivery_ticks = ?4
@@ -608,14 +700,10 @@ impl StateStore {
                 .map_err(sql)?;
             emptied = rows == 0;
         }
-        tx.commit().map_err(sql)?;
-        if deleted.rows > 0 {
-            segments.collect(conn, false);
-        }
-        if emptied {
-            reclaim_space(conn, &self.path);
-        }
-        Ok(u64::try_from(deleted.rows).unwrap_or(u64::MAX))
+        Ok(AckDone {
+            rows: u64::try_from(deleted.rows).unwrap_or(u64::MAX),
+            emptied,
+        })
     }
 
     /// How much `sink`'s outbox holds; zero for a sink that never had a row.
@@ -638,16 +726,27 @@ impl StateStore {
 
     /// Records a failed delivery attempt of `sink`, for `status`.
     pub fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {
-        const OP: &str = "record_sink_error";
         let now = to_ticks(Utc::now())?;
-        self.writer(OP)?
-            .execute(
-                "INSERT INTO sinks (name, last_error, last_error_ticks) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET last_error = ?2, last_error_ticks = ?3",
-                params![sink, error, now],
-            )
-            .map(drop)
-            .map_err(|e| StateError::sqlite(&self.path, OP, e))
+        let conn = self.writer("record_sink_error")?;
+        self.record_sink_error_in(&conn, sink, error, now)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn record_sink_error_in(
+        &self,
+        conn: &Connection,
+        sink: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO sinks (name, last_error, last_error_ticks) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET last_error = ?2, last_error_ticks = ?3",
+        )
+        .and_then(|mut stmt| stmt.execute(params![sink, error, now]))
+        .map(drop)
+        .map_err(|e| StateError::sqlite(&self.path, "record_sink_error", e))
     }
 
     // ----- tenants: auth state and refresh tokens --------------------------------------
@@ -655,6 +754,18 @@ impl StateStore {
     /// Records the tenant's auth state, for `status` and for deciding at start-up whether
     /// a tenant needs consent before it is polled.
     pub fn set_auth_state(&self, tenant: &str, state: &AuthState) -> Result<()> {
+        let conn = self.writer("set_auth_state")?;
+        self.set_auth_state_in(&conn, tenant, state)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn set_auth_state_in(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        state: &AuthState,
+    ) -> Result<()> {
         const OP: &str = "set_auth_state";
         let (name, detail, since) = match state {
             AuthState::Ok { since } => ("ok", None, since),
@@ -664,14 +775,13 @@ impl StateStore {
             AuthState::Failing { error, since } => ("failing", Some(error.as_str()), since),
         };
         let since = to_ticks(*since)?;
-        self.writer(OP)?
-            .execute(
-                "INSERT INTO tenant_auth (tenant, state, detail, since_ticks) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (tenant) DO UPDATE SET state = ?2, detail = ?3, since_ticks = ?4",
-                params![tenant, name, detail, since],
-            )
-            .map(drop)
-            .map_err(|e| StateError::sqlite(&self.path, OP, e))
+        conn.prepare_cached(
+            "INSERT INTO tenant_auth (tenant, state, detail, since_ticks) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant) DO UPDATE SET state = ?2, detail = ?3, since_ticks = ?4",
+        )
+        .and_then(|mut stmt| stmt.execute(params![tenant, name, detail, since]))
+        .map(drop)
+        .map_err(|e| StateError::sqlite(&self.path, OP, e))
     }
 
     /// The tenant's last recorded auth state.
@@ -704,13 +814,25 @@ impl StateStore {
                 source: io::Error::other("no randomness from the operating system for a nonce"),
             })?;
         let now = to_ticks(Utc::now())?;
-        self.writer(OP)?
-            .execute(
-                "INSERT INTO tenant_auth (tenant, refresh_token, token_saved_ticks) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (tenant) DO UPDATE SET refresh_token = ?2, token_saved_ticks = ?3",
-                params![tenant, blob, now],
-            )
-            .map_err(|e| StateError::sqlite(&self.path, OP, e))?;
+        let sql = |e| StateError::sqlite(&self.path, OP, e);
+        let conn = self.writer(OP)?;
+        // The one write that must survive a power loss: a rotated refresh token lost with
+        // the last commit means a dead tenant until a customer re-consents. This commit
+        // syncs the WAL, which also makes every earlier (NORMAL) commit durable.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        let saved = conn.execute(
+            "INSERT INTO tenant_auth (tenant, refresh_token, token_saved_ticks) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant) DO UPDATE SET refresh_token = ?2, token_saved_ticks = ?3",
+            params![tenant, blob, now],
+        );
+        let restored = conn.pragma_update(None, "synchronous", "NORMAL");
+        saved.map_err(sql)?;
+        restored.map_err(sql)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .durable_commits
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(tenant, "refresh token saved");
         Ok(())
     }
@@ -1050,7 +1172,11 @@ fn configure_writer(conn: &Connection, path: &Path) -> Result<()> {
             )),
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")
+    // NORMAL: in WAL mode a commit is not synced, and a power loss may lose the last
+    // commits, always a suffix of them. What they hold is re-created by polling again
+    // (see the durability note on `StateStore`); the one write that must not be lost,
+    // a rotated refresh token, switches to FULL for its own commit.
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(sql)?;
@@ -1156,14 +1282,14 @@ fn reclaim_space(conn: &Connection, path: &Path) {
     }
 }
 
-fn ensure_sink(tx: &rusqlite::Transaction<'_>, sink: &str) -> rusqlite::Result<i64> {
+fn ensure_sink(tx: &Connection, sink: &str) -> rusqlite::Result<i64> {
     tx.prepare_cached("INSERT INTO sinks (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
         .execute(params![sink])?;
     tx.prepare_cached("SELECT sink_id FROM sinks WHERE name = ?1")?
         .query_row(params![sink], |row| row.get(0))
 }
 
-fn sink_id(tx: &rusqlite::Transaction<'_>, sink: &str) -> rusqlite::Result<Option<i64>> {
+fn sink_id(tx: &Connection, sink: &str) -> rusqlite::Result<Option<i64>> {
     tx.prepare_cached("SELECT sink_id FROM sinks WHERE name = ?1")?
         .query_row(params![sink], |row| row.get(0))
         .optional()
@@ -1172,9 +1298,9 @@ fn sink_id(tx: &rusqlite::Transaction<'_>, sink: &str) -> rusqlite::Result<Optio
 /// The writing half of a read-write store: the writer connection and the active segment,
 /// behind one mutex so a segment append and the commit of its rows are never interleaved
 /// with another commit or a segment collection.
-struct Writer {
-    conn: Connection,
-    segments: SegmentWriter,
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) segments: SegmentWriter,
 }
 
 /// One sink's rows appended by a `commit_poll`, added to its depth once at the end.
@@ -1183,6 +1309,53 @@ struct Appended<'a> {
     sink_id: i64,
     rows: i64,
     bytes: i64,
+}
+
+/// Which rows an acknowledgement covers.
+pub(crate) enum Acked<'a> {
+    /// Every row up to and including this seq.
+    UpTo(i64),
+    /// Exactly these rows.
+    Rows(&'a [i64]),
+}
+
+/// What an ack did.
+#[derive(Default)]
+pub(crate) struct AckDone {
+    pub(crate) rows: u64,
+    /// The sink's outbox is empty now.
+    pub(crate) emptied: bool,
+}
+
+/// Payloads written to a segment ahead of the transaction that indexes them.
+pub(crate) struct Staged {
+    pub(crate) locations: Vec<Location>,
+    /// Per commit, the location index of each outbox entry.
+    pub(crate) slots_of: Vec<Vec<usize>>,
+    pub(crate) started: Option<i64>,
+    pub(crate) rotated: bool,
+}
+
+/// Counts of what the store did since it was opened, for tests and benchmarks: an idle
+/// poll must cost no sync.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) durable_commits: AtomicU64,
+    pub(crate) segment_syncs: AtomicU64,
+    pub(crate) grouped_writes: AtomicU64,
+}
+
+/// Logs each sink a commit took over its outbox limit.
+pub(crate) fn warn_over_limit(commit: &PollCommit<'_>, outcome: &CommitOutcome) {
+    for sink in &outcome.sinks_over_limit {
+        tracing::warn!(
+            tenant = commit.tenant,
+            feed = commit.feed,
+            sink,
+            "sink outbox reached its limit"
+        );
+    }
 }
 
 /// What an ack deleted, subtracted from the sink's depth in the same transaction.
@@ -1200,12 +1373,7 @@ impl Deleted {
 }
 
 /// Adds to a sink's depth (schema V2 keeps it in code, see schema.rs) and returns the new one.
-fn add_depth(
-    tx: &rusqlite::Transaction<'_>,
-    sink_id: i64,
-    rows: i64,
-    bytes: i64,
-) -> rusqlite::Result<(u64, u64)> {
+fn add_depth(tx: &Connection, sink_id: i64, rows: i64, bytes: i64) -> rusqlite::Result<(u64, u64)> {
     tx.prepare_cached(
         "UPDATE sinks SET depth_rows = depth_rows + ?2, depth_bytes = depth_bytes + ?3
          WHERE sink_id = ?1 RETURNING depth_rows, depth_bytes",
@@ -1243,6 +1411,12 @@ fn u64_i64(n: u64) -> i64 {
 fn len_i64(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
 }
+
+mod group;
+mod handle;
+
+pub use group::PollWrite;
+pub use handle::{Credentials, Outbox, PollLog, State, StatusReader};
 
 #[cfg(test)]
 mod tests;

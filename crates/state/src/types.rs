@@ -217,3 +217,16 @@ pub struct StatusSnapshot {
     /// Per tenant with auth state or a token, sorted.
     pub tenants: Vec<TenantStatus>,
 }
+
+/// Counts of the store's work since it was opened ([`StateStore::stats`](crate::StateStore::stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StoreStats {
+    /// Transactions committed (a group commit counts once).
+    pub commits: u64,
+    /// Commits synced to disk before returning (`synchronous = FULL`): refresh tokens.
+    pub durable_commits: u64,
+    /// Syncs of outbox segment files (one per commit or group that appended payloads).
+    pub segment_syncs: u64,
+    /// Writes carried by group commits (many per commit).
+    pub grouped_writes: u64,
+}

@@ -1,0 +1,536 @@
+//! The group-commit writer: one thread owns the write connection and commits what many
+//! tasks hand it in one transaction.
+//!
+//! At MSSP scale most polls find nothing new; each still advances its checkpoint and
+//! records its outcome. Committing each of those alone costs a transaction (and, before
+//! this, an fsync) per poll; here a commit carries every write queued while the previous
+//! one ran, so the cost per write falls as the load rises. Each write runs inside its own
+//! savepoint, so one that fails (a constraint, a time out of range) is rolled back alone
+//! and the others still commit. Outbox payloads of the whole group go to the segment in one
+//! write and one sync before the transaction that indexes them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rusqlite::TransactionBehavior;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{reclaim_space, warn_over_limit, Acked, StateStore, Writer};
+use crate::error::{Result, StateError};
+use crate::ticks::to_ticks;
+use crate::types::{AuthState, CommitOutcome, PollCommit};
+
+/// Writes queued at most; a full queue makes callers wait (backpressure), never drops.
+pub(crate) const QUEUE: usize = 4_096;
+/// Writes carried by one transaction at most, so one commit stays short.
+const MAX_GROUP: usize = 512;
+
+/// One poll's write, owned so it can cross to the writer thread: the events of a page (or
+/// none), the versions they are, and — on the last write of a poll — the new checkpoint
+/// and how the poll ended.
+#[derive(Debug, Clone)]
+pub struct PollWrite {
+    /// The tenant's configured name.
+    pub tenant: String,
+    /// The feed's stable name.
+    pub feed: &'static str,
+    /// See [`PollCommit::new_checkpoint`].
+    pub new_checkpoint: Option<DateTime<Utc>>,
+    /// See [`PollCommit::seen`].
+    pub seen: Vec<(String, DateTime<Utc>)>,
+    /// The events; each goes to every sink in `sinks`, in this order.
+    pub payloads: Vec<Vec<u8>>,
+    /// The sinks the tenant routes to.
+    pub sinks: Arc<[String]>,
+    /// See [`PollCommit::prune_seen_before`].
+    pub prune_seen_before: DateTime<Utc>,
+    /// Records how the poll ended (for `status`) in the same commit: `Err` carries the
+    /// error text. `None` for the pages before the last.
+    pub outcome: Option<std::result::Result<(), String>>,
+}
+
+/// A write and where its result goes.
+pub(crate) enum Job {
+    Poll(Box<PollWrite>, oneshot::Sender<Result<CommitOutcome>>),
+    RecordPoll {
+        tenant: String,
+        feed: &'static str,
+        error: Option<String>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    AuthState {
+        tenant: String,
+        state: AuthState,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    SinkError {
+        sink: String,
+        error: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Ack {
+        sink: String,
+        /// `Ok(seq)`: every row up to seq; `Err(seqs)`: exactly these.
+        rows: std::result::Result<i64, Vec<i64>>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+}
+
+/// Starts the writer thread for `store`. It ends when every sender is dropped, after
+/// the writes already queued.
+pub(crate) fn spawn(store: Arc<StateStore>) -> std::io::Result<mpsc::Sender<Job>> {
+    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+    std::thread::Builder::new()
+        .name("state-writer".into())
+        .spawn(move || {
+            let mut group = Vec::with_capacity(MAX_GROUP);
+            while let Some(first) = rx.blocking_recv() {
+                group.push(first);
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
+                    }
+                }
+                store.run_group(std::mem::take(&mut group));
+            }
+            tracing::debug!(path = %store.path.display(), "state writer stopped");
+        })?;
+    Ok(tx)
+}
+
+/// The result of one job, before it is sent.
+enum Done {
+    Poll(Result<CommitOutcome>),
+    Unit(Result<()>),
+    Ack(Result<u64>),
+}
+
+impl StateStore {
+    /// Runs `jobs` in one transaction and answers each.
+    fn run_group(&self, jobs: Vec<Job>) {
+        let n = jobs.len();
+        let mut results: Vec<Done> = Vec::with_capacity(n);
+        let mut after = After::default();
+        match &self.writer {
+            None => {
+                for job in &jobs {
+                    results.push(failed(job, || StateError::ReadOnly {
+                        path: self.path.clone(),
+                        operation: "writing",
+                    }));
+                }
+            }
+            Some(writer) => {
+                let mut writer = writer.lock();
+                results = self.commit_group(&mut writer, &jobs, &mut after);
+                let Writer { conn, segments } = &mut *writer;
+                if after.rotated {
+                    segments.collect(conn, true);
+                } else if after.acked {
+                    segments.collect(conn, false);
+                }
+                if after.emptied {
+                    reclaim_space(conn, &self.path);
+                }
+            }
+        }
+        for (job, done) in jobs.into_iter().zip(results) {
+            match (job, done) {
+                (Job::Poll(write, reply), Done::Poll(r)) => {
+                    if let Ok(outcome) = &r {
+                        let (seen, outbox) = borrowed(&write);
+                        warn_over_limit(&as_commit(&write, &seen, &outbox), outcome);
+                    }
+                    let _ = reply.send(r);
+                }
+                (Job::RecordPoll { reply, .. }, Done::Unit(r))
+                | (Job::AuthState { reply, .. }, Done::Unit(r))
+                | (Job::SinkError { reply, .. }, Done::Unit(r)) => {
+                    let _ = reply.send(r);
+                }
+                (Job::Ack { reply, .. }, Done::Ack(r)) => {
+                    let _ = reply.send(r);
+                }
+                // `commit_group` answers each job with its own kind.
+                _ => {}
+            }
+        }
+    }
+
+    fn commit_group(&self, writer: &mut Writer, jobs: &[Job], after: &mut After) -> Vec<Done> {
+        let Writer { conn, segments } = writer;
+        let now = match to_ticks(Utc::now()) {
+            Ok(now) => now,
+            Err(e) => return self.all_failed(jobs, &e),
+        };
+        // Borrowed views of the poll writes, in job order.
+        let views: Vec<_> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Poll(write, _) => Some(borrowed(write)),
+                _ => None,
+            })
+            .collect();
+        let commits: Vec<PollCommit<'_>> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Poll(write, _) => Some(&**write),
+                _ => None,
+            })
+            .zip(&views)
+            .map(|(write, (seen, outbox))| as_commit(write, seen, outbox))
+            .collect();
+        let staged = self.stage_payloads(segments, &commits);
+        let sql = |e| StateError::sqlite(&self.path, "group commit", e);
+
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return self.all_failed(jobs, &sql(e)),
+        };
+        if let Ok(staged) = &staged {
+            if let Err(e) = self.record_high_water(&tx, staged) {
+                return self.all_failed(jobs, &sql(e));
+            }
+        }
+
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut poll_index = 0usize;
+        for job in jobs {
+            let mut sp = match tx.savepoint() {
+                Ok(sp) => sp,
+                Err(e) => return self.all_failed(jobs, &sql(e)),
+            };
+            let done = match job {
+                Job::Poll(write, _) => {
+                    let i = poll_index;
+                    poll_index += 1;
+                    Done::Poll(match &staged {
+                        Err(e) => Err(self.group_error(e)),
+                        Ok(staged) => self
+                            .apply_poll(
+                                &sp,
+                                &commits[i],
+                                &staged.slots_of[i],
+                                &staged.locations,
+                                now,
+                            )
+                            .and_then(|outcome| {
+                                if let Some(ended) = &write.outcome {
+                                    self.record_poll_in(
+                                        &sp,
+                                        &write.tenant,
+                                        write.feed,
+                                        ended.as_ref().copied().map_err(String::as_str),
+                                        now,
+                                    )?;
+                                }
+                                Ok(outcome)
+                            }),
+                    })
+                }
+                Job::RecordPoll {
+                    tenant,
+                    feed,
+                    error,
+                    ..
+                } => Done::Unit(self.record_poll_in(
+                    &sp,
+                    tenant,
+                    feed,
+                    error.as_deref().map_or(Ok(()), Err),
+                    now,
+                )),
+                Job::AuthState { tenant, state, .. } => {
+                    Done::Unit(self.set_auth_state_in(&sp, tenant, state))
+                }
+                Job::SinkError { sink, error, .. } => {
+                    Done::Unit(self.record_sink_error_in(&sp, sink, error, now))
+                }
+                Job::Ack { sink, rows, .. } => {
+                    let acked = match rows {
+                        Ok(up_to) => Acked::UpTo(*up_to),
+                        Err(seqs) => Acked::Rows(seqs),
+                    };
+                    Done::Ack(self.apply_ack(&sp, "ack", sink, &acked, now).map(|d| {
+                        after.acked |= d.rows > 0;
+                        after.emptied |= d.emptied;
+                        d.rows
+                    }))
+                }
+            };
+            let ok = match &done {
+                Done::Poll(r) => r.is_ok(),
+                Done::Unit(r) => r.is_ok(),
+                Done::Ack(r) => r.is_ok(),
+            };
+            if ok {
+                if let Err(e) = sp.commit() {
+                    return self.all_failed(jobs, &sql(e));
+                }
+            } else {
+                // Dropping the savepoint rolls this job back; the others stand.
+                sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+            }
+            results.push(done);
+        }
+        if let Err(e) = tx.commit() {
+            return self.all_failed(jobs, &sql(e));
+        }
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .grouped_writes
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        after.rotated = staged.as_ref().is_ok_and(|s| s.rotated);
+        results
+    }
+
+    fn group_error(&self, e: &StateError) -> StateError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        StateError::GroupCommit {
+            path: self.path.clone(),
+            message,
+            transient: e.is_transient(),
+        }
+    }
+
+    fn all_failed(&self, jobs: &[Job], e: &StateError) -> Vec<Done> {
+        tracing::warn!(path = %self.path.display(), error = %e, writes = jobs.len(), "group commit failed");
+        jobs.iter()
+            .map(|job| failed(job, || self.group_error(e)))
+            .collect()
+    }
+}
+
+/// What to do once the group's transaction is over.
+#[derive(Default)]
+struct After {
+    rotated: bool,
+    acked: bool,
+    emptied: bool,
+}
+
+fn failed(job: &Job, error: impl FnOnce() -> StateError) -> Done {
+    match job {
+        Job::Poll(..) => Done::Poll(Err(error())),
+        Job::RecordPoll { .. } | Job::AuthState { .. } | Job::SinkError { .. } => {
+            Done::Unit(Err(error()))
+        }
+        Job::Ack { .. } => Done::Ack(Err(error())),
+    }
+}
+
+type Views<'a> = (Vec<(&'a str, DateTime<Utc>)>, Vec<(&'a str, &'a [u8])>);
+
+fn borrowed(write: &PollWrite) -> Views<'_> {
+    let seen = write.seen.iter().map(|(id, t)| (id.as_str(), *t)).collect();
+    let outbox = write
+        .payloads
+        .iter()
+        .flat_map(|p| write.sinks.iter().map(move |s| (s.as_str(), p.as_slice())))
+        .collect();
+    (seen, outbox)
+}
+
+fn as_commit<'a>(
+    write: &'a PollWrite,
+    seen: &'a [(&'a str, DateTime<Utc>)],
+    outbox: &'a [(&'a str, &'a [u8])],
+) -> PollCommit<'a> {
+    PollCommit {
+        tenant: &write.tenant,
+        feed: write.feed,
+        new_checkpoint: write.new_checkpoint,
+        seen,
+        outbox,
+        prune_seen_before: write.prune_seen_before,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::State;
+    use crate::types::StoreOptions;
+    use chrono::Duration;
+
+    fn base() -> DateTime<Utc> {
+        "2024-05-06T07:08:09.1234567Z".parse().unwrap()
+    }
+
+    fn secs(n: i64) -> DateTime<Utc> {
+        base() + Duration::seconds(n)
+    }
+
+    fn write(tenant: &str, i: i64, payloads: Vec<Vec<u8>>, last: bool) -> PollWrite {
+        PollWrite {
+            tenant: tenant.to_owned(),
+            feed: "graph_alerts",
+            new_checkpoint: last.then(|| secs(i)),
+            seen: payloads
+                .iter()
+                .enumerate()
+                .map(|(k, _)| (format!("id{i}-{k}"), secs(i)))
+                .collect(),
+            payloads,
+            sinks: Arc::from(vec!["a".to_owned(), "b".to_owned()]),
+            prune_seen_before: secs(i - 10),
+            outcome: last.then_some(Ok(())),
+        }
+    }
+
+    fn open(path: &Path) -> State {
+        let store = StateStore::open(path, None, StoreOptions::default()).unwrap();
+        State::start(Arc::new(store)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_polls_commit_in_groups_and_sync_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("state.db"));
+        let log = state.poll_log();
+        let before = state.stats();
+        // 400 feeds finishing an idle poll at the same moment, twice.
+        for round in 0..2 {
+            let tasks: Vec<_> = (0..400)
+                .map(|t| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        log.commit(write(&format!("t{t}"), round, Vec::new(), true))
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            for task in tasks {
+                assert_eq!(task.await.unwrap().checkpoint, Some(secs(round)));
+            }
+        }
+        let after = state.stats();
+        assert_eq!(after.grouped_writes - before.grouped_writes, 800);
+        assert_eq!(
+            after.durable_commits, before.durable_commits,
+            "an idle poll synced the WAL"
+        );
+        assert_eq!(
+            after.segment_syncs, before.segment_syncs,
+            "an idle poll synced a segment"
+        );
+        assert!(
+            after.commits - before.commits < 800,
+            "no two idle polls shared a commit ({} commits)",
+            after.commits - before.commits
+        );
+        let store = state.store();
+        assert_eq!(
+            store.checkpoint("t7", "graph_alerts").unwrap(),
+            Some(secs(1))
+        );
+        let snap = store.status_snapshot().unwrap();
+        assert_eq!(snap.feeds.len(), 400);
+        assert!(snap.feeds.iter().all(|f| f.last_poll_ok == Some(true)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("state.db"));
+        let log = state.poll_log();
+        // A version time the store cannot hold fails inside its savepoint.
+        let mut bad = write("bad", 1, vec![b"x".to_vec()], true);
+        bad.seen[0].1 = DateTime::<Utc>::MAX_UTC;
+        let tasks: Vec<_> = (0..50)
+            .map(|t| {
+                let log = log.clone();
+                let w = if t == 25 {
+                    bad.clone()
+                } else {
+                    write(
+                        &format!("t{t}"),
+                        1,
+                        vec![format!("e{t}").into_bytes()],
+                        true,
+                    )
+                };
+                tokio::spawn(async move { log.commit(w).await })
+            })
+            .collect();
+        let mut failed = 0;
+        for task in tasks {
+            if task.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1);
+        let store = state.store();
+        assert_eq!(store.checkpoint("bad", "graph_alerts").unwrap(), None);
+        assert_eq!(store.depth("a").unwrap().rows, 49);
+        assert_eq!(store.depth("b").unwrap().rows, 49);
+        let rows = store.read_batch("a", 0, 100, usize::MAX).unwrap();
+        assert!(rows.iter().all(|r| r.tenant != "bad"));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_is_the_one_synced_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let key = crate::StateKey::from_bytes([7; crate::KEY_LEN]);
+        let store = StateStore::open(&path, Some(&key), StoreOptions::default()).unwrap();
+        let state = State::start(Arc::new(store)).unwrap();
+        let before = state.stats();
+        state
+            .poll_log()
+            .commit(write("t", 1, Vec::new(), true))
+            .await
+            .unwrap();
+        assert_eq!(state.stats().durable_commits, before.durable_commits);
+        state
+            .credentials()
+            .save_refresh_token("t", relay_config::Secret::new("rt-1"))
+            .await
+            .unwrap();
+        assert_eq!(state.stats().durable_commits, before.durable_commits + 1);
+        let back = state.credentials().load_refresh_token("t").await.unwrap();
+        assert_eq!(back.unwrap().expose(), "rt-1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acks_and_pages_share_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("state.db"));
+        let log = state.poll_log();
+        for i in 0..20 {
+            log.commit(write("t", i, vec![format!("e{i}").into_bytes()], false))
+                .await
+                .unwrap();
+        }
+        let outbox = state.outbox();
+        let rows = outbox.read_batch("a", 0, 100, usize::MAX).await.unwrap();
+        assert_eq!(rows.len(), 20);
+        let (acked, more) = tokio::join!(
+            outbox.ack("a", rows[9].seq),
+            log.commit(write("t", 20, vec![b"e20".to_vec()], true))
+        );
+        assert_eq!(acked.unwrap(), 10);
+        more.unwrap();
+        assert_eq!(outbox.depth("a").await.unwrap().rows, 11);
+        assert_eq!(
+            outbox
+                .ack_rows("a", vec![rows[12].seq, rows[10].seq])
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(outbox.depth("a").await.unwrap().rows, 9);
+        assert_eq!(outbox.depth("b").await.unwrap().rows, 21);
+    }
+}
