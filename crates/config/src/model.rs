@@ -124,7 +124,8 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// `request_timeout_secs` (default 60): one request, headers and body.
     pub request_timeout: Duration,
-    /// `max_requests_in_flight` (default 32): across all tenants.
+    /// `max_requests_in_flight` (default 256): the ceiling of the adaptive limit of API
+    /// requests in flight across all tenants.
     pub max_requests_in_flight: usize,
 }
 
@@ -139,7 +140,7 @@ impl Default for HttpConfig {
             user_agent: default_user_agent(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            max_requests_in_flight: 32,
+            max_requests_in_flight: 256,
         }
     }
 }

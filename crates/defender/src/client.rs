@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
+use crate::admission::{Admission, AdmissionLimits, Answer, RequestClass};
 use crate::error::DefenderError;
 use crate::pager::WindowPager;
 use crate::parse::{looks_like_html, parse_page, snippet, Page, ParseError};
@@ -55,6 +56,8 @@ pub struct ClientOptions {
     pub max_body_bytes: usize,
     /// Retries and backoff.
     pub retry: RetryPolicy,
+    /// Bounds of the adaptive limit of requests in flight across all tenants.
+    pub admission: AdmissionLimits,
     /// Quotas per tenant and API family.
     pub rate_limits: RateLimits,
     /// XDR `/api/incidents`: `$top` ≤ 100 (more is a 400). Its `$skip` paging runs
@@ -77,6 +80,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(120),
             max_body_bytes: 256 << 20,
             retry: RetryPolicy::default(),
+            admission: AdmissionLimits::default(),
             rate_limits: RateLimits::default(),
             m365d_incidents: FeedPaging {
                 top: 100,
@@ -126,6 +130,7 @@ pub(crate) struct Inner {
     tokens: Arc<dyn TokenProvider>,
     pub(crate) options: ClientOptions,
     limiter: RateLimiter,
+    admission: Arc<Admission>,
     rng: Mutex<SmallRng>,
 }
 
@@ -149,6 +154,7 @@ impl DefenderClient {
                 http,
                 tokens,
                 limiter: RateLimiter::new(options.rate_limits.clone()),
+                admission: Arc::new(Admission::new(options.admission)),
                 options,
                 rng: Mutex::new(SmallRng::from_entropy()),
             }),
@@ -163,6 +169,11 @@ impl DefenderClient {
     /// The limiter, for schedulers that want to know whether a tenant is blocked.
     pub fn limiter(&self) -> &RateLimiter {
         &self.inner.limiter
+    }
+
+    /// The admission gate every request of this client passes.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.inner.admission
     }
 
     /// A pager over every item of `feed` in `tenant` with `from <= last update < to`.
@@ -183,6 +194,7 @@ impl DefenderClient {
         tenant: &TenantTarget,
         feed: Feed,
         url: &Url,
+        class: RequestClass,
         on_throttled: &mut (dyn FnMut(Duration) + Send),
     ) -> Result<Page, DefenderError> {
         let inner = &self.inner;
@@ -206,9 +218,15 @@ impl DefenderClient {
                     source,
                 })?;
             attempts += 1;
+            // Quota first, then a slot: a tenant waiting for its quota holds none.
+            let permit = inner.admission.admit(&tenant.tenant_id, class).await;
             let started = tokio::time::Instant::now();
             let outcome = self.attempt(feed, url, &token).await;
             let elapsed = started.elapsed();
+            permit.answered(match &outcome {
+                Err(Failure::Transient { .. }) => Answer::Overloaded,
+                _ => Answer::Answered,
+            });
             let failure = match outcome {
                 Ok(page) => {
                     debug!(url = %endpoint, items = page.items.len(), ?elapsed, "page fetched");

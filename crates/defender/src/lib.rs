@@ -5,7 +5,8 @@
 //! Its job is to read every item of one feed of one tenant whose last update lies in a
 //! time window, completely, and hand the items over as sink-neutral [`Item`]s carrying
 //! the original JSON. Around that: bearer tokens from a [`TokenProvider`], per-tenant
-//! quotas ([`RateLimiter`]), `Retry-After`, retries with jittered backoff, and typed
+//! quotas ([`RateLimiter`]), one admission gate for every tenant's requests in flight
+//! ([`Admission`]: adaptive, live pages first, tenants in turn), `Retry-After`, retries with jittered backoff, and typed
 //! errors ([`DefenderError`]) that name tenant and endpoint and say whether retrying
 //! later may help. A window is either read to its end or fails; it is never silently
 //! shortened (see [`WindowPager`] for how deep paging is avoided).
@@ -23,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod auth_impl;
 mod client;
 mod error;
@@ -33,6 +35,9 @@ mod ratelimit;
 mod retry;
 mod token;
 
+pub use admission::{
+    Admission, AdmissionLimits, AdmissionPermit, AdmissionStats, Answer, RequestClass,
+};
 pub use client::{ClientOptions, DefenderClient, FeedPaging, TenantTarget};
 pub use error::DefenderError;
 pub use pager::{Item, PagerStats, WindowPager};

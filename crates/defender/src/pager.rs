@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn, Instrument};
 use url::Url;
 
+use crate::admission::RequestClass;
 use crate::client::{endpoint_of, DefenderClient, TenantTarget};
 use crate::error::DefenderError;
 use crate::odata_time::{ceil_tick, floor_tick, window_filter, TICK};
@@ -134,6 +135,8 @@ pub struct WindowPager {
     stats: PagerStats,
     /// Where 429s are also counted, beyond this pager's own stats.
     throttling: Option<Arc<ThrottleCounter>>,
+    /// The admission class of the window's first request.
+    class: RequestClass,
     span: tracing::Span,
 }
 
@@ -163,6 +166,7 @@ impl WindowPager {
             pending: Vec::new(),
             stats: PagerStats::default(),
             throttling: None,
+            class: RequestClass::Live,
             span,
         }
     }
@@ -172,6 +176,13 @@ impl WindowPager {
     /// in it.
     pub fn count_throttling(mut self, counter: Arc<ThrottleCounter>) -> WindowPager {
         self.throttling = Some(counter);
+        self
+    }
+
+    /// Sends every request of this window in `class` (e.g. [`RequestClass::Background`]
+    /// for a reconciliation pass) instead of live-then-continuation.
+    pub fn with_class(mut self, class: RequestClass) -> WindowPager {
+        self.class = class;
         self
     }
 
@@ -202,6 +213,11 @@ impl WindowPager {
                 Some(link) => link.clone(),
                 None => self.list_url(&cursor),
             };
+            // The first request of a window is what finds a new alert; the rest is backlog.
+            let class = match self.class {
+                RequestClass::Live if self.stats.pages > 0 => RequestClass::Continuation,
+                class => class,
+            };
             let (stats, throttling) = (&mut self.stats, &self.throttling);
             let mut on_throttled = |wait| {
                 stats.throttled += 1;
@@ -211,7 +227,7 @@ impl WindowPager {
             };
             let page = self
                 .client
-                .fetch_page(&self.tenant, self.feed, &url, &mut on_throttled)
+                .fetch_page(&self.tenant, self.feed, &url, class, &mut on_throttled)
                 .await?;
             let step = self.advance(&cursor, &url, &page)?;
             self.stats.pages += 1;

@@ -20,7 +20,6 @@ use relay_auth::TokenManager;
 use relay_config::Feed;
 use relay_defender::{ApiFamily, DefenderClient, DefenderError};
 use relay_state::{truncate_to_tick, AuthState, Credentials, PollLog, PollWrite, StateError};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -87,7 +86,6 @@ pub(crate) struct FeedTask {
     pub(crate) sink_names: Arc<[String]>,
     pub(crate) stats: Arc<FeedCell>,
     pub(crate) tenant: Arc<TenantCell>,
-    pub(crate) permits: Arc<Semaphore>,
 }
 
 impl FeedTask {
@@ -113,8 +111,8 @@ impl FeedTask {
             if self.outbox_full(&mut paused_since) {
                 continue;
             }
-            // A tenant the API told to back off (429 + Retry-After) would hold a permit
-            // while it waits; skip the poll instead and come back when the block is over.
+            // A tenant the API told to back off (429 + Retry-After) would only wait for
+            // the block inside the poll; skip it instead and come back when it is over.
             let family = ApiFamily::of(self.feed);
             if let Some(wait) = self
                 .client
@@ -125,18 +123,10 @@ impl FeedTask {
                 next = next.max(Instant::now() + wait);
                 continue;
             }
-            // FIFO-fair: a tenant waiting for a permit is served before any that asks
-            // later, so a big tenant cannot starve the others.
-            let permit = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                p = self.permits.acquire() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+            // Requests in flight are bounded per request, not per poll, by the client's
+            // admission gate (adaptive, live pages first, tenants in turn): a poll waiting
+            // out its tenant's quota holds no slot.
             let result = self.poll_once(&cancel, &mut memo).await;
-            drop(permit);
             if result.is_err() {
                 memo = None;
             }

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use relay_auth::{ManagerOptions, TokenManager};
 use relay_config::Config;
-use relay_defender::{ClientOptions, DefenderClient, RateLimits, TokenProvider};
+use relay_defender::{AdmissionLimits, ClientOptions, DefenderClient, RateLimits, TokenProvider};
 use relay_sinks::splunk_hec::HecLabels;
 use relay_sinks::AnySink;
 use relay_state::{State, StateStore};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
@@ -73,7 +72,8 @@ pub struct RunReport {
 }
 
 /// The running engine: every tenant's poll tasks and every sink's worker, sharing one
-/// token manager, one API client, one state store and one in-flight limit.
+/// token manager, one API client (with one admission gate for requests in flight) and one
+/// state store.
 pub struct Relay {
     state: Arc<StateStore>,
     /// The store's async face (group commits); every task's writes go through it.
@@ -82,7 +82,6 @@ pub struct Relay {
     client: DefenderClient,
     tenants: Vec<FeedSetup>,
     sinks: Vec<(AnySink, Arc<SinkCell>)>,
-    permits: Arc<Semaphore>,
     status: StatusHandle,
     opts: RelayOptions,
     /// The configuration built from, for reloads to compare with.
@@ -124,9 +123,15 @@ impl Relay {
                 ..ManagerOptions::default()
             },
         );
+        let max_in_flight = config.http.max_requests_in_flight.max(1);
         let mut client_options = ClientOptions {
             user_agent: config.http.user_agent.clone(),
             request_timeout: config.http.request_timeout,
+            admission: AdmissionLimits {
+                min: 4.min(max_in_flight),
+                max: max_in_flight,
+                initial: 16.min(max_in_flight),
+            },
             ..ClientOptions::default()
         };
         if let Some(limits) = &opts.rate_limits {
@@ -175,7 +180,6 @@ impl Relay {
             client,
             tenants,
             sinks,
-            permits: Arc::new(Semaphore::new(config.http.max_requests_in_flight.max(1))),
             status,
             opts,
             config: config.clone(),
@@ -209,7 +213,6 @@ impl Relay {
             client,
             tenants,
             sinks,
-            permits,
             status,
             opts,
             config,
@@ -261,7 +264,6 @@ impl Relay {
             writes: writes.clone(),
             client,
             tokens,
-            permits,
             poll_root: shutdown.child_token(),
             tracker: poll_tasks.clone(),
         };

@@ -26,7 +26,6 @@ use relay_config::{
 use relay_defender::DefenderClient;
 use relay_sinks::splunk_hec::HecLabels;
 use relay_state::{State, StateStore};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -165,7 +164,6 @@ pub(crate) struct Spawner {
     pub(crate) writes: State,
     pub(crate) client: DefenderClient,
     pub(crate) tokens: TokenManager,
-    pub(crate) permits: Arc<Semaphore>,
     /// Parent of every tenant's token; a child of the shutdown token.
     pub(crate) poll_root: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -261,7 +259,6 @@ impl Spawner {
                     sinks: setup.sinks.clone(),
                     stats: Arc::clone(cell),
                     tenant: Arc::clone(&setup.tenant),
-                    permits: Arc::clone(&self.permits),
                 };
                 self.tracker
                     .spawn(task.run(cancel.clone()).instrument(span))
