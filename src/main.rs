@@ -2,6 +2,7 @@
 //! Each subcommand lives in `commands/`; the work itself is done by the library crates.
 
 mod commands;
+mod runtime;
 mod systemd;
 mod telemetry;
 

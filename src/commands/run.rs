@@ -45,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async move {
         // Bound before anything else: a taken port stops the start with nothing started.
         let admin = match relay_admin::AdminServer::bind(config.admin.listen).await {

@@ -216,7 +216,6 @@ impl Admission {
         AdmissionPermit {
             gate: Some(Arc::clone(self)),
             started: Instant::now(),
-            answer: None,
         }
     }
 
@@ -234,17 +233,16 @@ impl Admission {
         }
     }
 
-    fn release(self: &Arc<Self>, rtt: Duration, answer: Option<Answer>) {
+    /// Adapts the limit to how one request ended.
+    fn record(&self, rtt: Duration, answer: Answer) {
         let mut st = self.lock();
+        // Counted as the gate was when the request took its slot (it still holds it).
         let was_full = st.in_flight >= st.slots();
-        st.in_flight = st.in_flight.saturating_sub(1);
         let now = Instant::now();
         let rtt = rtt.as_secs_f64();
         let congested = match answer {
-            Some(Answer::Overloaded) => true,
-            Some(Answer::Answered) => st.baseline.is_some_and(|b| rtt > b * SLOW_FACTOR),
-            // Dropped without an answer (cancelled by shutdown): no signal.
-            None => false,
+            Answer::Overloaded => true,
+            Answer::Answered => st.baseline.is_some_and(|b| rtt > b * SLOW_FACTOR),
         };
         if congested {
             let due = st
@@ -255,7 +253,7 @@ impl Admission {
                 st.last_decrease = Some(now);
                 st.decreases += 1;
             }
-        } else if answer == Some(Answer::Answered) {
+        } else {
             st.baseline = Some(match st.baseline {
                 None => rtt,
                 Some(b) => b + BASELINE_ALPHA * (rtt - b),
@@ -265,7 +263,14 @@ impl Admission {
                 st.limit = (st.limit + 1.0 / st.limit).min(self.limits.max as f64);
             }
         }
-        // Hand freed slots to waiters, highest class first, round robin inside it.
+    }
+
+    /// Frees one slot and hands free slots to waiters, highest class first, round robin
+    /// inside it.
+    fn free(self: &Arc<Self>) {
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        let now = Instant::now();
         while st.in_flight < st.slots() {
             let Some(tx) = st.queues.iter_mut().find_map(ClassQueue::pop) else {
                 break;
@@ -274,7 +279,6 @@ impl Admission {
             let permit = AdmissionPermit {
                 gate: Some(Arc::clone(self)),
                 started: now,
-                answer: None,
             };
             match tx.send(permit) {
                 Ok(()) => {
@@ -296,25 +300,57 @@ impl Admission {
 pub struct AdmissionPermit {
     gate: Option<Arc<Admission>>,
     started: Instant,
-    answer: Option<Answer>,
 }
 
 impl AdmissionPermit {
-    /// Records how the request ended; the round trip is measured from admission to this
-    /// call.
-    pub fn answered(mut self, answer: Answer) {
-        self.answer = Some(answer);
+    /// Records how the request ended (the round trip is measured from admission to this
+    /// call) and frees the slot.
+    pub fn answered(self, answer: Answer) {
+        drop(self.answered_keep(answer));
+    }
+
+    /// Records how the request ended like [`answered`](Self::answered), but keeps the slot
+    /// until the returned [`HeldSlot`] is dropped: a page that was read still takes memory
+    /// until its events are committed, so the poll keeps its slot until then and the
+    /// number of pages held in memory stays bounded by the limit.
+    pub fn answered_keep(mut self, answer: Answer) -> HeldSlot {
         let rtt = self.started.elapsed();
+        let gate = self.gate.take();
+        if let Some(gate) = &gate {
+            gate.record(rtt, answer);
+        }
+        HeldSlot { gate }
+    }
+}
+
+/// A slot whose request is answered but whose page is still being processed; dropping it
+/// frees the slot.
+#[derive(Debug)]
+#[must_use = "dropping the slot frees it at once"]
+pub struct HeldSlot {
+    gate: Option<Arc<Admission>>,
+}
+
+impl HeldSlot {
+    /// A slot that holds nothing (for pages that needed no admission).
+    pub fn none() -> HeldSlot {
+        HeldSlot { gate: None }
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {
-            gate.release(rtt, self.answer);
+            gate.free();
         }
     }
 }
 
 impl Drop for AdmissionPermit {
     fn drop(&mut self) {
+        // Dropped without an answer (the request was cancelled): no signal for the limit.
         if let Some(gate) = self.gate.take() {
-            gate.release(self.started.elapsed(), self.answer);
+            gate.free();
         }
     }
 }
@@ -444,5 +480,23 @@ mod tests {
         assert_eq!(g.stats().in_flight, 0);
         let _next = g.admit("c", RequestClass::Live).await;
         assert_eq!(g.stats().in_flight, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_slot_counts_until_dropped() {
+        let g = gate(1, 1, 1);
+        let slot = g
+            .admit("a", RequestClass::Live)
+            .await
+            .answered_keep(Answer::Answered);
+        assert_eq!(g.stats().in_flight, 1);
+        let g2 = Arc::clone(&g);
+        let next = tokio::spawn(async move { g2.admit("b", RequestClass::Live).await });
+        tokio::task::yield_now().await;
+        assert_eq!(g.stats().waiting, 1);
+        drop(slot);
+        let _p = next.await.unwrap();
+        assert_eq!(g.stats().in_flight, 1);
+        assert_eq!(g.stats().waiting, 0);
     }
 }

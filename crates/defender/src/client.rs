@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 use url::Url;
 
-use crate::admission::{Admission, AdmissionLimits, Answer, RequestClass};
+use crate::admission::{Admission, AdmissionLimits, Answer, HeldSlot, RequestClass};
 use crate::error::DefenderError;
 use crate::pager::WindowPager;
 use crate::parse::{looks_like_html, parse_page, snippet, Page, ParseError};
@@ -187,7 +187,8 @@ impl DefenderClient {
         WindowPager::new(self.clone(), tenant.clone(), feed, from, to)
     }
 
-    /// GETs one page, retrying what is worth retrying. `on_throttled` is called with the
+    /// GETs one page, retrying what is worth retrying; the page comes with its admission
+    /// slot, held until the caller is done with the page. `on_throttled` is called with the
     /// wait of every 429 as it arrives, the retried ones included.
     pub(crate) async fn fetch_page(
         &self,
@@ -196,7 +197,7 @@ impl DefenderClient {
         url: &Url,
         class: RequestClass,
         on_throttled: &mut (dyn FnMut(Duration) + Send),
-    ) -> Result<Page, DefenderError> {
+    ) -> Result<(Page, HeldSlot), DefenderError> {
         let inner = &self.inner;
         let policy = &inner.options.retry;
         let family = ApiFamily::of(feed);
@@ -223,14 +224,14 @@ impl DefenderClient {
             let started = tokio::time::Instant::now();
             let outcome = self.attempt(feed, url, &token).await;
             let elapsed = started.elapsed();
-            permit.answered(match &outcome {
+            let slot = permit.answered_keep(match &outcome {
                 Err(Failure::Transient { .. }) => Answer::Overloaded,
                 _ => Answer::Answered,
             });
             let failure = match outcome {
                 Ok(page) => {
                     debug!(url = %endpoint, items = page.items.len(), ?elapsed, "page fetched");
-                    return Ok(page);
+                    return Ok((page, slot));
                 }
                 Err(f) => f,
             };

@@ -36,7 +36,7 @@ mod retry;
 mod token;
 
 pub use admission::{
-    Admission, AdmissionLimits, AdmissionPermit, AdmissionStats, Answer, RequestClass,
+    Admission, AdmissionLimits, AdmissionPermit, AdmissionStats, Answer, HeldSlot, RequestClass,
 };
 pub use client::{ClientOptions, DefenderClient, FeedPaging, TenantTarget};
 pub use error::DefenderError;

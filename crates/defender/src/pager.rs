@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn, Instrument};
 use url::Url;
 
-use crate::admission::RequestClass;
+use crate::admission::{HeldSlot, RequestClass};
 use crate::client::{endpoint_of, DefenderClient, TenantTarget};
 use crate::error::DefenderError;
 use crate::odata_time::{ceil_tick, floor_tick, window_filter, TICK};
@@ -137,6 +137,9 @@ pub struct WindowPager {
     throttling: Option<Arc<ThrottleCounter>>,
     /// The admission class of the window's first request.
     class: RequestClass,
+    /// The slot of the page last returned: its items are in memory until the caller asks
+    /// for the next page (or drops the pager).
+    held: Option<HeldSlot>,
     span: tracing::Span,
 }
 
@@ -167,6 +170,7 @@ impl WindowPager {
             stats: PagerStats::default(),
             throttling: None,
             class: RequestClass::Live,
+            held: None,
             span,
         }
     }
@@ -186,7 +190,9 @@ impl WindowPager {
         self
     }
 
-    /// The next batch of items, `None` once the window is exhausted. Items may repeat
+    /// The next batch of items, `None` once the window is exhausted. The batch keeps an
+    /// admission slot until the next call (or until the pager is dropped), so commit its
+    /// items before asking for more. Items may repeat
     /// across batches (ties at split points); the caller dedups on (id, last update).
     /// After an error the pager keeps its place: calling again retries that page.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Item>>, DefenderError> {
@@ -225,10 +231,14 @@ impl WindowPager {
                     counter.record(wait);
                 }
             };
-            let page = self
+            // The previous page's slot goes before the next request asks for one: a poll
+            // holds at most one, so polls cannot deadlock waiting for each other's.
+            self.held = None;
+            let (page, slot) = self
                 .client
                 .fetch_page(&self.tenant, self.feed, &url, class, &mut on_throttled)
                 .await?;
+            self.held = Some(slot);
             let step = self.advance(&cursor, &url, &page)?;
             self.stats.pages += 1;
             if cursor.link.is_none() {
