@@ -37,7 +37,7 @@ fn systemd_analyze() -> &'static str {
 /// The unit as shipped, with the binary paths pointing at this build, written to `dir`
 /// (`systemd-analyze verify` checks that every Exec* command exists).
 fn unit_for_this_build(dir: &Path, text: &str) -> PathBuf {
-    let unit = text.replace("/usr/bin/xdr-relay", bin());
+    let unit = text.replace("/usr/bin/xdr-relay", &bin());
     let path = dir.join("xdr-relay.service");
     fs::write(&path, unit).unwrap();
     path

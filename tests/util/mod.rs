@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_xdr-relay")
+/// The binary under test; `XDR_RELAY_TEST_BIN` names another build (to check that a
+/// regression test fails on the build before its fix).
+pub fn bin() -> String {
+    std::env::var("XDR_RELAY_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_xdr-relay").to_owned())
 }
 
 /// Knobs of one end-to-end run.

@@ -151,7 +151,10 @@ impl WindowPager {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> WindowPager {
-        let span = tracing::info_span!("defender_window", tenant = %tenant.name, feed = %feed,
+        // Debug level: the caller's span already names tenant and feed, and at INFO every
+        // poll of every tenant would format its window bounds into a JSON span (measured:
+        // 3 % of the daemon's CPU at 10,000 tenants) for lines that are not logged.
+        let span = tracing::debug_span!("defender_window", tenant = %tenant.name, feed = %feed,
             from = %from.to_rfc3339(), to = %to.to_rfc3339());
         let cursor = (from < to).then(|| {
             Cursor::start(SubWindow {

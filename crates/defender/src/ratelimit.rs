@@ -35,6 +35,15 @@ impl ApiFamily {
         }
     }
 
+    /// A dense index, for per-family arrays.
+    pub fn index(self) -> usize {
+        match self {
+            ApiFamily::M365d => 0,
+            ApiFamily::Mde => 1,
+            ApiFamily::Graph => 2,
+        }
+    }
+
     /// A short stable name for logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -177,13 +186,15 @@ struct TenantBuckets {
     blocked_until: Option<Instant>,
 }
 
-type Key = (String, ApiFamily);
+/// The buckets of one tenant, by family (see [`ApiFamily::index`]).
+type FamilySlots = [Option<Arc<Mutex<TenantBuckets>>>; 3];
 
 /// The token buckets of every (tenant, family) this process talks to.
 #[derive(Debug)]
 pub struct RateLimiter {
     limits: RateLimits,
-    tenants: Mutex<HashMap<Key, Arc<Mutex<TenantBuckets>>>>,
+    /// Keyed by tenant id alone so a lookup borrows the id instead of allocating a key.
+    tenants: Mutex<HashMap<String, FamilySlots>>,
 }
 
 impl RateLimiter {
@@ -199,24 +210,39 @@ impl RateLimiter {
         // A poisoned lock only means another task panicked mid-update of plain numbers;
         // the state is still usable.
         let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((tenant_id.to_string(), family))
-            .or_insert_with(|| {
-                let now = Instant::now();
-                Arc::new(Mutex::new(TenantBuckets {
-                    buckets: self
-                        .limits
-                        .of(family)
-                        .iter()
-                        .map(|q| Bucket {
-                            quota: *q,
-                            tokens: q.capacity(),
-                            updated: now,
-                        })
-                        .collect(),
-                    blocked_until: None,
-                }))
-            })
-            .clone()
+        if let Some(found) = map.get(tenant_id).and_then(|f| f[family.index()].as_ref()) {
+            return Arc::clone(found);
+        }
+        let now = Instant::now();
+        let created = Arc::new(Mutex::new(TenantBuckets {
+            buckets: self
+                .limits
+                .of(family)
+                .iter()
+                .map(|q| Bucket {
+                    quota: *q,
+                    tokens: q.capacity(),
+                    updated: now,
+                })
+                .collect(),
+            blocked_until: None,
+        }));
+        let slots = map.entry(tenant_id.to_string()).or_default();
+        slots[family.index()] = Some(Arc::clone(&created));
+        created
+    }
+
+    /// (tenant, family) pairs with buckets: one per pair ever asked for, so bounded by the
+    /// tenants configured (a reload that removes tenants leaves theirs, a few hundred
+    /// bytes each, until restart).
+    pub fn len(&self) -> usize {
+        let map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|f| f.iter().flatten().count()).sum()
+    }
+
+    /// Whether no buckets exist yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Waits until `tenant_id` may send one more request to `family`, and takes the

@@ -126,7 +126,10 @@ impl FeedTask {
             // Requests in flight are bounded per request, not per poll, by the client's
             // admission gate (adaptive, live pages first, tenants in turn): a poll waiting
             // out its tenant's quota holds no slot.
-            let result = self.poll_once(&cancel, &mut memo).await;
+            // Boxed: a future is as large as its largest await point, and this one (the
+            // pager, the page in flight, the commit) would otherwise sit inline in every
+            // idle task of every tenant between polls.
+            let result = Box::pin(self.poll_once(&cancel, &mut memo)).await;
             if result.is_err() {
                 memo = None;
             }

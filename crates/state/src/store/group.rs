@@ -25,6 +25,10 @@ use crate::types::{AuthState, CommitOutcome, PollCommit};
 pub(crate) const QUEUE: usize = 4_096;
 /// Writes carried by one transaction at most, so one commit stays short.
 const MAX_GROUP: usize = 512;
+/// How long a write that found the queue empty waits for company. Polls and acks wait for
+/// their commit; a few milliseconds more is nothing to them, and at hundreds of polls a
+/// second it turns one commit per write into one per several.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// One poll's write, owned so it can cross to the writer thread: the events of a page (or
 /// none), the versions they are, and — on the last write of a poll — the new checkpoint
@@ -87,6 +91,11 @@ pub(crate) fn spawn(store: Arc<StateStore>) -> std::io::Result<mpsc::Sender<Job>
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Some(first) = rx.blocking_recv() {
                 group.push(first);
+                if rx.is_empty() {
+                    // Alone in the queue: give the writes arriving right behind it a
+                    // moment to join, so a steady trickle of idle polls shares commits.
+                    std::thread::sleep(LINGER);
+                }
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(job) => group.push(job),
@@ -98,6 +107,10 @@ pub(crate) fn spawn(store: Arc<StateStore>) -> std::io::Result<mpsc::Sender<Job>
             tracing::debug!(path = %store.path.display(), "state writer stopped");
         })?;
     Ok(tx)
+}
+
+fn exec(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// The result of one job, before it is sent.
@@ -185,7 +198,7 @@ impl StateStore {
         let staged = self.stage_payloads(segments, &commits);
         let sql = |e| StateError::sqlite(&self.path, "group commit", e);
 
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => return self.all_failed(jobs, &sql(e)),
         };
@@ -198,10 +211,13 @@ impl StateStore {
         let mut results = Vec::with_capacity(jobs.len());
         let mut poll_index = 0usize;
         for job in jobs {
-            let mut sp = match tx.savepoint() {
-                Ok(sp) => sp,
-                Err(e) => return self.all_failed(jobs, &sql(e)),
-            };
+            // A savepoint per write so a failing one rolls back alone; by prepared
+            // statement (rusqlite's `Savepoint` parses its SQL anew each time, a visible
+            // cost at hundreds of writes a second).
+            if let Err(e) = exec(&tx, "SAVEPOINT w") {
+                return self.all_failed(jobs, &sql(e));
+            }
+            let sp = &*tx;
             let done = match job {
                 Job::Poll(write, _) => {
                     let i = poll_index;
@@ -210,7 +226,7 @@ impl StateStore {
                         Err(e) => Err(self.group_error(e)),
                         Ok(staged) => self
                             .apply_poll(
-                                &sp,
+                                sp,
                                 &commits[i],
                                 &staged.slots_of[i],
                                 &staged.locations,
@@ -219,7 +235,7 @@ impl StateStore {
                             .and_then(|outcome| {
                                 if let Some(ended) = &write.outcome {
                                     self.record_poll_in(
-                                        &sp,
+                                        sp,
                                         &write.tenant,
                                         write.feed,
                                         ended.as_ref().copied().map_err(String::as_str),
@@ -236,24 +252,24 @@ impl StateStore {
                     error,
                     ..
                 } => Done::Unit(self.record_poll_in(
-                    &sp,
+                    sp,
                     tenant,
                     feed,
                     error.as_deref().map_or(Ok(()), Err),
                     now,
                 )),
                 Job::AuthState { tenant, state, .. } => {
-                    Done::Unit(self.set_auth_state_in(&sp, tenant, state))
+                    Done::Unit(self.set_auth_state_in(sp, tenant, state))
                 }
                 Job::SinkError { sink, error, .. } => {
-                    Done::Unit(self.record_sink_error_in(&sp, sink, error, now))
+                    Done::Unit(self.record_sink_error_in(sp, sink, error, now))
                 }
                 Job::Ack { sink, rows, .. } => {
                     let acked = match rows {
                         Ok(up_to) => Acked::UpTo(*up_to),
                         Err(seqs) => Acked::Rows(seqs),
                     };
-                    Done::Ack(self.apply_ack(&sp, "ack", sink, &acked, now).map(|d| {
+                    Done::Ack(self.apply_ack(sp, "ack", sink, &acked, now).map(|d| {
                         after.acked |= d.rows > 0;
                         after.emptied |= d.emptied;
                         d.rows
@@ -265,13 +281,14 @@ impl StateStore {
                 Done::Unit(r) => r.is_ok(),
                 Done::Ack(r) => r.is_ok(),
             };
-            if ok {
-                if let Err(e) = sp.commit() {
-                    return self.all_failed(jobs, &sql(e));
-                }
+            let ended = if ok {
+                exec(&tx, "RELEASE w")
             } else {
-                // Dropping the savepoint rolls this job back; the others stand.
-                sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+                // This write is undone; the others stand.
+                exec(&tx, "ROLLBACK TO w").and_then(|()| exec(&tx, "RELEASE w"))
+            };
+            if let Err(e) = ended {
+                return self.all_failed(jobs, &sql(e));
             }
             results.push(done);
         }
