@@ -25,10 +25,10 @@ use crate::types::{AuthState, CommitOutcome, PollCommit};
 pub(crate) const QUEUE: usize = 4_096;
 /// Writes carried by one transaction at most, so one commit stays short.
 const MAX_GROUP: usize = 512;
-/// How long a write that found the queue empty waits for company. Polls and acks wait for
-/// their commit; a few milliseconds more is nothing to them, and at hundreds of polls a
-/// second it turns one commit per write into one per several.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+/// How long a poll's write that found the queue empty waits for company. A poll waits for
+/// its commit; 15 ms more is nothing to it, and at hundreds of polls a second it turns one
+/// commit per write into one per several.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(15);
 
 /// One poll's write, owned so it can cross to the writer thread: the events of a page (or
 /// none), the versions they are, and — on the last write of a poll — the new checkpoint
@@ -90,12 +90,14 @@ pub(crate) fn spawn(store: Arc<StateStore>) -> std::io::Result<mpsc::Sender<Job>
         .spawn(move || {
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Some(first) = rx.blocking_recv() {
-                group.push(first);
-                if rx.is_empty() {
-                    // Alone in the queue: give the writes arriving right behind it a
-                    // moment to join, so a steady trickle of idle polls shares commits.
+                if rx.is_empty() && matches!(first, Job::Poll(..) | Job::RecordPoll { .. }) {
+                    // A poll alone in the queue: give the writes arriving right behind it
+                    // a moment to join, so a steady trickle of idle polls shares commits
+                    // (each commit writes whole 16 KiB pages to the WAL, however small the
+                    // change). A sink's ack does not wait: its next batch waits on it.
                     std::thread::sleep(LINGER);
                 }
+                group.push(first);
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(job) => group.push(job),
