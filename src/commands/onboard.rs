@@ -632,7 +632,7 @@ fn endpoint_of(url: &Url) -> String {
 }
 
 async fn onboard(plan: Plan, env: &HashMap<String, String>) -> Step<()> {
-    let state = super::state::open(&plan.config, super::state::Access::ReadWrite)
+    let state = super::state::open(&plan.config, super::state::Access::Onboard)
         .map(Arc::new)
         .map_err(|e| Stop::Usage(format!("{e:#}")))?;
     let http = probe::token_http(&plan.config.http)

@@ -30,7 +30,8 @@ pub struct Args {
 /// Loads the configuration, opens the state store, runs until SIGTERM/SIGINT, drains.
 ///
 /// Exit status: 0 after a clean shutdown; 2 when the configuration, the state file or
-/// its key is unusable (nothing was started); 1 on a failure while running.
+/// its key is unusable, or another instance holds the state's lock (nothing was started);
+/// 1 on a failure while running.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = super::process_env();
     let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
@@ -42,6 +43,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.config.display(),
                 errors.problems().len()
             );
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    // Before anything else is bound or opened: a second daemon on this state must be told
+    // about the first (not about the admin port the first already holds), and start nothing.
+    // Held until this function returns, i.e. until the relay has drained.
+    let lock = match super::state::lock(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "nothing was started");
+            eprintln!("xdr-relay: error: {e}");
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
@@ -57,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_BAD_CONFIG));
             }
         };
-        let state = match super::state::open(&config, super::state::Access::ReadWrite) {
+        let state = match super::state::open(&config, super::state::Access::Exclusive(&lock)) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(
