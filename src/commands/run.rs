@@ -110,6 +110,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sinks = config.sinks.len(),
             "xdr-relay running"
         );
+        // Said once at start, so "why does it (not) go through the proxy" is answered by
+        // the journal: the settings came from relay.toml or from the unit's environment.
+        match &config.http.proxy {
+            Some(p) => tracing::info!(
+                proxy = %p.url,
+                source = %p.source,
+                https_only = p.scope == relay_config::ProxyScope::HttpsOnly,
+                no_proxy = %p.no_proxy.join(","),
+                "requests to Entra and the APIs go through a proxy"
+            ),
+            None => tracing::info!("requests to Entra and the APIs connect directly (no proxy)"),
+        }
+        if let Some(ca) = &config.http.ca {
+            tracing::info!(
+                ca_file = %ca.path.display(),
+                certificates = ca.certificates.len(),
+                "trusting the certificates of http.ca_file in addition to the built-in roots"
+            );
+        }
         let stall_budget = args.watchdog_stall_secs.map_or_else(
             || crate::systemd::stall_budget(&config),
             Duration::from_secs,
