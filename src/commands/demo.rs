@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The state file the simulator's relay.toml names (`[state] path`), inside `--dir`.
+const STATE_FILE: &str = "state.db";
+
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -40,6 +43,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(args: Args) -> anyhow::Result<ExitCode> {
+    // Before prepare_dir deletes the previous demo's state: a demo still running in this
+    // directory keeps it, and this one stops with the lock error.
+    let lock = match relay_state::InstanceLock::acquire(&args.dir.join(STATE_FILE)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("xdr-relay: error: {e}");
+            return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
+        }
+    };
     let sim = Sim::start(SimConfig {
         tenants: args.tenants,
         seed: args.seed,
@@ -63,7 +75,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         })?;
     let state = Arc::new(super::state::open(
         &config,
-        super::state::Access::ReadWrite,
+        super::state::Access::Exclusive(&lock),
     )?);
     let relay = Relay::new(
         &config,

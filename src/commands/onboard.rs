@@ -632,13 +632,13 @@ fn endpoint_of(url: &Url) -> String {
 }
 
 async fn onboard(plan: Plan, env: &HashMap<String, String>) -> Step<()> {
-    let state = super::state::open(&plan.config, super::state::Access::ReadWrite)
+    let state = super::state::open(&plan.config, super::state::Access::Onboard)
         .map(Arc::new)
         .map_err(|e| Stop::Usage(format!("{e:#}")))?;
     let http = probe::token_http(&plan.config.http)
-        .map_err(|e| Stop::Failed(format!("cannot build the HTTP client: {e}")))?;
+        .map_err(|e| Stop::Failed(format!("{:#}", anyhow::Error::new(e))))?;
     let probe = Probe::new(&plan.config.http, Arc::clone(&state))
-        .map_err(|e| Stop::Failed(format!("cannot build the HTTP client: {e}")))?;
+        .map_err(|e| Stop::Failed(format!("{:#}", anyhow::Error::new(e))))?;
     let secret = match &plan.given {
         Given::Secret { value, .. } => Some(value.clone()),
         _ => None,

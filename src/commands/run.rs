@@ -30,7 +30,8 @@ pub struct Args {
 /// Loads the configuration, opens the state store, runs until SIGTERM/SIGINT, drains.
 ///
 /// Exit status: 0 after a clean shutdown; 2 when the configuration, the state file or
-/// its key is unusable (nothing was started); 1 on a failure while running.
+/// its key is unusable, or another instance holds the state's lock (nothing was started);
+/// 1 on a failure while running.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = super::process_env();
     let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
@@ -42,6 +43,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.config.display(),
                 errors.problems().len()
             );
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    // Before anything else is bound or opened: a second daemon on this state must be told
+    // about the first (not about the admin port the first already holds), and start nothing.
+    // Held until this function returns, i.e. until the relay has drained.
+    let lock = match super::state::lock(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "nothing was started");
+            eprintln!("xdr-relay: error: {e}");
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
@@ -57,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_BAD_CONFIG));
             }
         };
-        let state = match super::state::open(&config, super::state::Access::ReadWrite) {
+        let state = match super::state::open(&config, super::state::Access::Exclusive(&lock)) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(
@@ -98,6 +110,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sinks = config.sinks.len(),
             "xdr-relay running"
         );
+        // Said once at start, so "why does it (not) go through the proxy" is answered by
+        // the journal: the settings came from relay.toml or from the unit's environment.
+        match &config.http.proxy {
+            Some(p) => tracing::info!(
+                proxy = %p.url,
+                source = %p.source,
+                https_only = p.scope == relay_config::ProxyScope::HttpsOnly,
+                no_proxy = %p.no_proxy.join(","),
+                "requests to Entra and the APIs go through a proxy"
+            ),
+            None => tracing::info!("requests to Entra and the APIs connect directly (no proxy)"),
+        }
+        if let Some(ca) = &config.http.ca {
+            tracing::info!(
+                ca_file = %ca.path.display(),
+                certificates = ca.certificates.len(),
+                "trusting the certificates of http.ca_file in addition to the built-in roots"
+            );
+        }
         let stall_budget = args.watchdog_stall_secs.map_or_else(
             || crate::systemd::stall_budget(&config),
             Duration::from_secs,

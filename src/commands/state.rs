@@ -2,14 +2,27 @@
 
 use anyhow::Context;
 use relay_config::{Config, StateKey as KeySource};
-use relay_state::{StateKey, StateStore};
+use relay_state::{InstanceLock, LockError, StateKey, StateStore};
 use std::path::Path;
 
-/// Whether the caller writes (the daemon) or only reads (`status`, while the daemon runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    ReadWrite,
+/// How a command uses the state store.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// Polls and delivers (`run`, `demo`): only one process per state file, proved by
+    /// holding its [`InstanceLock`] (see [`lock`]).
+    Exclusive(&'a InstanceLock),
+    /// Writes a tenant's refresh token next to a running daemon (`onboard`): one row in one
+    /// SQLite transaction, which the daemon's own writes do not conflict with; it polls and
+    /// delivers nothing, so it does not take the lock.
+    Onboard,
+    /// Reads only (`status`, while the daemon runs).
     ReadOnly,
+}
+
+/// Takes the one-writer lock of the configured state file, `<state.path>.lock`. A second
+/// daemon on the same state gets [`LockError::Held`] naming the file and the holder's pid.
+pub fn lock(config: &Config) -> Result<InstanceLock, LockError> {
+    InstanceLock::acquire(&config.state.path)
 }
 
 /// The state key named by the configuration. A `key_file` that does not exist yet is
@@ -34,11 +47,20 @@ pub fn load_key(config: &Config, create: bool) -> anyhow::Result<StateKey> {
 
 /// Opens the state store named in the configuration.
 pub fn open(config: &Config, access: Access) -> anyhow::Result<StateStore> {
-    let key = load_key(config, access == Access::ReadWrite)?;
     let path = &config.state.path;
+    if let Access::Exclusive(lock) = access {
+        // A lock on another file would prove nothing.
+        anyhow::ensure!(
+            lock.state_path() == path.as_path(),
+            "internal error: holding the lock of {} but opening {}",
+            lock.state_path().display(),
+            path.display()
+        );
+    }
+    let key = load_key(config, !matches!(access, Access::ReadOnly))?;
     let opts = relay_pipeline::store_options(config);
     let store = match access {
-        Access::ReadWrite => {
+        Access::Exclusive(_) | Access::Onboard => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| {
                     format!("cannot create the state directory {}", dir.display())

@@ -3,6 +3,13 @@
 //!
 //! The JWT is signed RS256 and carries both thumbprint headers: `x5t#S256` (SHA-256, what
 //! current Entra documentation uses) and `x5t` (SHA-1, what older endpoints look for).
+//!
+//! Signing is jsonwebtoken's ring backend (ring's constant-time RSA, `RsaKeyPair::sign`),
+//! never the `rsa` crate, whose private-key operations leak timing (RUSTSEC-2023-0071,
+//! "Marvin"); `rsa` is only a dev-dependency that makes test keys, and scripts/deny fails
+//! the suite if it ever becomes a normal dependency. jsonwebtoken 10 makes the backend a
+//! choice (`aws_lc_rs` or `rust_crypto`, the latter being `rsa`): upgrading must not pick
+//! `rust_crypto`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -209,6 +216,49 @@ pub(crate) mod tests {
         validation.set_audience(&[url]);
         validation.validate_exp = false;
         jsonwebtoken::decode::<serde_json::Value>(jwt.expose(), &decoding, &validation).unwrap();
+    }
+
+    /// The signature checked the way Entra checks it, independently of jsonwebtoken and of
+    /// the `rsa` crate: RS256 (PKCS #1 v1.5, SHA-256) under the certificate's own public
+    /// key, verified with ring.
+    #[test]
+    fn the_signature_verifies_under_the_certificate_key() {
+        use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+        let (cert, key) = test_identity();
+        let signer = AssertionSigner::load(cert, &Secret::new(key.clone())).unwrap();
+        let url = "https://login.example/tid/oauth2/v2.0/token";
+        let jwt = signer.assertion("client-guid", url, 1_700_000_000).unwrap();
+        let (signed, signature) = jwt.expose().rsplit_once('.').unwrap();
+        let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        assert_eq!(signature.len(), 256, "a 2048-bit RSA signature");
+
+        let der = pem::parse(cert).unwrap().contents().to_vec();
+        let (_, x509) = X509Certificate::from_der(&der).unwrap();
+        // The SPKI's BIT STRING is the PKCS #1 RSAPublicKey, what ring takes.
+        let public = UnparsedPublicKey::new(
+            &RSA_PKCS1_2048_8192_SHA256,
+            x509.public_key().subject_public_key.data.to_vec(),
+        );
+        public.verify(signed.as_bytes(), &signature).unwrap();
+
+        // A changed claim or a changed signature does not verify.
+        let mut other = signed.as_bytes().to_vec();
+        let last = other.len() - 1;
+        other[last] = if other[last] == b'A' { b'B' } else { b'A' };
+        assert!(public.verify(&other, &signature).is_err());
+        let mut forged = signature.clone();
+        forged[10] ^= 0x01;
+        assert!(public.verify(signed.as_bytes(), &forged).is_err());
+
+        // Another key's certificate does not verify it either.
+        let (other_cert, _) = make_identity("someone else");
+        let other_der = pem::parse(&other_cert).unwrap().contents().to_vec();
+        let (_, other_x509) = X509Certificate::from_der(&other_der).unwrap();
+        let wrong = UnparsedPublicKey::new(
+            &RSA_PKCS1_2048_8192_SHA256,
+            other_x509.public_key().subject_public_key.data.to_vec(),
+        );
+        assert!(wrong.verify(signed.as_bytes(), &signature).is_err());
     }
 
     fn public_pem(key_pem: &str) -> String {

@@ -23,6 +23,9 @@
 mod assertion;
 mod entra;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod interactive;
 mod manager;
 mod store;

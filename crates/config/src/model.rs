@@ -127,6 +127,49 @@ pub struct HttpConfig {
     /// `max_requests_in_flight` (default 256): the ceiling of the adaptive limit of API
     /// requests in flight across all tenants.
     pub max_requests_in_flight: usize,
+    /// The outbound proxy for Entra and the APIs: `proxy`, else the `HTTPS_PROXY`
+    /// (`https_proxy`) environment variable; `None`: direct connections.
+    pub proxy: Option<ProxyConfig>,
+    /// `ca_file`: certificates trusted in addition to the built-in roots (a TLS-inspecting
+    /// proxy's CA), by both the token and the API clients.
+    pub ca: Option<CaBundle>,
+}
+
+/// Where requests to Entra and the APIs go when they do not connect directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The proxy, `http://host:port` (or `https://`); HTTPS requests are tunnelled through
+    /// it with `CONNECT`. Never carries credentials (validation refuses them).
+    pub url: Url,
+    /// Which requests use it: `All` when `[http] proxy` set it, `HttpsOnly` when the
+    /// environment did (as curl reads `HTTPS_PROXY`: plain-HTTP URLs stay direct).
+    pub scope: ProxyScope,
+    /// Hosts reached directly: `[http] no_proxy`, else `NO_PROXY` (`no_proxy`); each entry
+    /// a host name (`.example.com` or `example.com` matches subdomains too), an IP address,
+    /// a CIDR block, or `*` for every host.
+    pub no_proxy: Vec<String>,
+    /// What set `url`, for messages and logs: `http.proxy` or `environment variable
+    /// HTTPS_PROXY`.
+    pub source: String,
+}
+
+/// Which requests a [`ProxyConfig`] applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyScope {
+    /// Every request (`[http] proxy`).
+    All,
+    /// HTTPS requests only (`HTTPS_PROXY` from the environment).
+    HttpsOnly,
+}
+
+/// Extra trust anchors read from `[http] ca_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    /// The file, resolved against the config directory.
+    pub path: PathBuf,
+    /// Each `CERTIFICATE` block of the file, DER; at least one, each a parseable X.509
+    /// certificate.
+    pub certificates: Vec<Vec<u8>>,
 }
 
 /// The default `User-Agent`. Microsoft asks API partners to identify themselves.
@@ -141,6 +184,8 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_requests_in_flight: 256,
+            proxy: None,
+            ca: None,
         }
     }
 }

@@ -39,6 +39,9 @@ pub(crate) struct RawHttp {
     pub connect_timeout_secs: Option<u64>,
     pub request_timeout_secs: Option<u64>,
     pub max_requests_in_flight: Option<u64>,
+    pub proxy: Option<String>,
+    pub no_proxy: Option<Vec<String>>,
+    pub ca_file: Option<String>,
 }
 
 /// `[admin]`.

@@ -1213,3 +1213,135 @@ fn wrong_value_types_name_the_key() {
         "relay.toml: defaults.streams: expected an array, found",
     );
 }
+
+fn test_ca_pem(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn http_proxy_and_ca_file_from_relay_toml() {
+    let mut f = Fixture::new(&format!(
+        "{RELAY}\n[http]\nproxy = \"http://proxy.corp.example:3128\"\n\
+         no_proxy = [\"localhost\", \".corp.example\", \"10.0.0.0/8\"]\nca_file = \"corp-ca.pem\"\n"
+    ));
+    let pem = format!(
+        "{}{}",
+        test_ca_pem("corp root"),
+        test_ca_pem("corp issuing")
+    );
+    f.write("corp-ca.pem", &pem);
+    // The file wins over the environment.
+    f.set_env("HTTPS_PROXY", "http://other.example:8080");
+    f.set_env("NO_PROXY", "elsewhere.example");
+    let http = f.config().http;
+    let proxy = http.proxy.unwrap();
+    assert_eq!(proxy.url.as_str(), "http://proxy.corp.example:3128/");
+    assert_eq!(proxy.scope, ProxyScope::All);
+    assert_eq!(proxy.no_proxy, ["localhost", ".corp.example", "10.0.0.0/8"]);
+    assert_eq!(proxy.source, "http.proxy");
+    let ca = http.ca.unwrap();
+    assert_eq!(ca.path, f.path("corp-ca.pem"));
+    assert_eq!(ca.certificates.len(), 2);
+}
+
+#[test]
+fn https_proxy_and_no_proxy_from_the_environment_apply_to_https_only() {
+    let mut f = Fixture::new(RELAY);
+    assert_eq!(f.config().http.proxy, None, "no proxy unless one is set");
+    f.set_env("https_proxy", "http://10.1.2.3:3128");
+    f.set_env("no_proxy", "localhost, .internal.example,,127.0.0.1");
+    let proxy = f.config().http.proxy.unwrap();
+    assert_eq!(proxy.url.as_str(), "http://10.1.2.3:3128/");
+    assert_eq!(proxy.scope, ProxyScope::HttpsOnly);
+    assert_eq!(
+        proxy.no_proxy,
+        ["localhost", ".internal.example", "127.0.0.1"]
+    );
+    assert_eq!(proxy.source, "environment variable https_proxy");
+    // Upper case first, as curl does.
+    f.set_env("HTTPS_PROXY", "http://10.9.9.9:8080");
+    let proxy = f.config().http.proxy.unwrap();
+    assert_eq!(proxy.url.as_str(), "http://10.9.9.9:8080/");
+    assert_eq!(proxy.source, "environment variable HTTPS_PROXY");
+    // The relay's own override is `[http] proxy`: every request.
+    f.set_env("XDR_RELAY__HTTP__PROXY", "http://10.7.7.7:3128");
+    let proxy = f.config().http.proxy.unwrap();
+    assert_eq!(proxy.url.as_str(), "http://10.7.7.7:3128/");
+    assert_eq!(proxy.scope, ProxyScope::All);
+}
+
+#[test]
+fn bad_proxy_settings_are_reported_with_file_and_key() {
+    let f = Fixture::new(&format!(
+        "{RELAY}\n[http]\nproxy = \"proxy.corp.example:3128\"\nno_proxy = [\"a.example\", \"b.example, c.example\", \"\"]\n"
+    ));
+    let errors = f.errors();
+    assert_has_prefix(&errors, "relay.toml: http.proxy: must be an http(s) URL");
+    assert_has(
+        &errors,
+        "relay.toml: http.no_proxy[1]: must be one host name, IP address or CIDR block (no spaces or commas)",
+    );
+    assert_has_prefix(
+        &errors,
+        "relay.toml: http.no_proxy[2]: must be one host name",
+    );
+
+    let f = Fixture::new(&format!(
+        "{RELAY}\n[http]\nproxy = \"http://user:hunter2@proxy.corp.example:3128\"\n"
+    ));
+    let errors = f.errors();
+    assert_has(
+        &errors,
+        "relay.toml: http.proxy: must not contain a user name or password",
+    );
+    assert!(!errors.join("\n").contains("hunter2"), "{errors:?}");
+
+    let mut f = Fixture::new(RELAY);
+    f.set_env("HTTPS_PROXY", "socks5://127.0.0.1:1080");
+    assert_has(
+        &f.errors(),
+        "relay.toml: http.proxy: must be an http(s) URL, not `socks5:` (set by environment variable HTTPS_PROXY)",
+    );
+}
+
+#[test]
+fn bad_ca_files_are_reported_with_file_and_key() {
+    let cases: [(&str, Option<&str>, &str); 5] = [
+        ("missing.pem", None, "cannot read "),
+        ("garbage.pem", Some("just some text\n"), "holds no PEM CERTIFICATE block"),
+        (
+            "key.pem",
+            Some("-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n"),
+            "PEM block 1 is `PRIVATE KEY`, not a CERTIFICATE",
+        ),
+        (
+            "truncated.pem",
+            Some("-----BEGIN CERTIFICATE-----\nMIIBkTCB+wIJAK\n"),
+            "a PEM block is truncated or malformed (1 begun, 0 readable)",
+        ),
+        (
+            "not-x509.pem",
+            Some("-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n"),
+            "certificate 1 cannot be parsed",
+        ),
+    ];
+    for (file, content, expected) in cases {
+        let f = Fixture::new(&format!("{RELAY}\n[http]\nca_file = \"{file}\"\n"));
+        if let Some(text) = content {
+            f.write(file, text);
+        }
+        let errors = f.errors();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("relay.toml: http.ca_file: ")
+                    && e.contains(expected)
+                    && e.contains(file)),
+            "{file}: expected `{expected}` among {errors:?}"
+        );
+        assert!(!errors.join("\n").contains("c2VjcmV0"), "{errors:?}");
+    }
+}

@@ -240,12 +240,173 @@ pub(crate) fn http(ctx: &mut Ctx<'_>, raw: RawHttp) -> Option<HttpConfig> {
         1,
         10_000,
     );
+    let proxy = proxy(ctx, raw.proxy.as_deref(), raw.no_proxy.as_deref());
+    let ca = match raw.ca_file {
+        None => Some(None),
+        Some(file) => ca_bundle(ctx, "http.ca_file", &file).map(Some),
+    };
     Some(HttpConfig {
         user_agent: user_agent?,
         connect_timeout: connect_timeout?,
         request_timeout: request_timeout?,
         max_requests_in_flight: usize::try_from(in_flight?).ok()?,
+        proxy: proxy?,
+        ca: ca?,
     })
+}
+
+/// The proxy: `[http] proxy` (every request), else `HTTPS_PROXY` / `https_proxy` from the
+/// environment the caller passed (HTTPS requests only, as curl reads it). The bypass list:
+/// `[http] no_proxy`, else `NO_PROXY` / `no_proxy`. `Some(None)`: connect directly.
+fn proxy(
+    ctx: &mut Ctx<'_>,
+    configured: Option<&str>,
+    no_proxy: Option<&[String]>,
+) -> Option<Option<ProxyConfig>> {
+    let env = ctx.res.env;
+    let from_env = |names: [&'static str; 2]| {
+        names.into_iter().find_map(|n| {
+            env.get(n)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (n, v.clone()))
+        })
+    };
+    let key = "http.proxy";
+    let (value, scope, source) = match configured {
+        Some(url) => (url.to_string(), ProxyScope::All, key.to_string()),
+        None => match from_env(["HTTPS_PROXY", "https_proxy"]) {
+            Some((var, url)) => (
+                url,
+                ProxyScope::HttpsOnly,
+                format!("environment variable {var}"),
+            ),
+            None => return Some(None),
+        },
+    };
+    let before = ctx.problems.len();
+    let url = ctx.http_url(key, &value);
+    if scope == ProxyScope::HttpsOnly {
+        // Reported under the key it stands in for, naming the variable that set it.
+        for p in &mut ctx.problems[before..] {
+            p.message.push_str(&format!(" (set by {source})"));
+        }
+    }
+    let bypass = match no_proxy {
+        Some(list) => no_proxy_entries(ctx, "http.no_proxy", list.iter().map(String::as_str)),
+        None => match from_env(["NO_PROXY", "no_proxy"]) {
+            Some((_, list)) => Some(
+                // An environment list is taken as curl takes it: empty entries ignored.
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            None => Some(Vec::new()),
+        },
+    };
+    Some(Some(ProxyConfig {
+        url: url?,
+        scope,
+        no_proxy: bypass?,
+        source,
+    }))
+}
+
+fn no_proxy_entries<'a>(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    entries: impl Iterator<Item = &'a str>,
+) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, entry) in entries.enumerate() {
+        let e = entry.trim();
+        if e.is_empty() || e.contains(',') || e.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            ctx.problem(
+                &format!("{key}[{i}]"),
+                "must be one host name, IP address or CIDR block (no spaces or commas)",
+            );
+            ok = false;
+        } else {
+            out.push(e.to_string());
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `ca_file`: a readable PEM file of one or more certificates, each parsed here so that a
+/// wrong file (a key, a DER file, a truncated copy) is reported at start-up with its key
+/// rather than as a TLS failure on the first request.
+fn ca_bundle(ctx: &mut Ctx<'_>, key: &str, file: &str) -> Option<CaBundle> {
+    let path = ctx.readable_file(key, file)?;
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.problem(key, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    let blocks = match pem::parse_many(&text) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.problem(key, format!("{} is not valid PEM: {e}", path.display()));
+            return None;
+        }
+    };
+    // pem skips a block it cannot read (no END line, bad base64 inside): a truncated
+    // copy of a bundle would silently lose its last certificates.
+    let begun = text.windows(11).filter(|w| w == b"-----BEGIN ").count();
+    if begun > blocks.len() {
+        ctx.problem(
+            key,
+            format!(
+                "{}: a PEM block is truncated or malformed ({begun} begun, {} readable)",
+                path.display(),
+                blocks.len()
+            ),
+        );
+        return None;
+    }
+    let mut certificates = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        match block.tag() {
+            "CERTIFICATE" => {}
+            // Never echo a key block, only say what it is.
+            other => {
+                ctx.problem(
+                    key,
+                    format!(
+                        "{}: PEM block {} is `{other}`, not a CERTIFICATE",
+                        path.display(),
+                        i + 1
+                    ),
+                );
+                return None;
+            }
+        }
+        if let Err(e) = x509_parser::parse_x509_certificate(block.contents()) {
+            ctx.problem(
+                key,
+                format!(
+                    "{}: certificate {} cannot be parsed: {e}",
+                    path.display(),
+                    i + 1
+                ),
+            );
+            return None;
+        }
+        certificates.push(block.contents().to_vec());
+    }
+    if certificates.is_empty() {
+        ctx.problem(
+            key,
+            format!("{} holds no PEM CERTIFICATE block", path.display()),
+        );
+        return None;
+    }
+    Some(CaBundle { path, certificates })
 }
 
 pub(crate) fn admin(ctx: &mut Ctx<'_>, raw: RawAdmin) -> Option<AdminConfig> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use relay_auth::{Credential, TenantAuth};
-use relay_config::{AuthMethod, Config, Feed, HttpConfig, SinkConfig, TenantConfig};
+use relay_config::{AuthMethod, Config, Feed, HttpConfig, ProxyScope, SinkConfig, TenantConfig};
 use relay_defender::TenantTarget;
 use relay_sinks::{
     AnySink, FileSink, FileSinkConfig, KafkaSink, KafkaSinkConfig, SplunkHecSink,
@@ -90,23 +90,65 @@ pub(crate) fn tenant_plan(
     })
 }
 
-/// The HTTP client for the APIs (`purpose = "api"`) or for Entra (`"token"`). The token
-/// client follows no redirects: a token request carrying a secret must not be replayed to
-/// wherever a redirect points.
-pub(crate) fn http_client(
+/// Which of the two outbound clients [`http_client`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpPurpose {
+    /// Entra ID's token endpoint.
+    Token,
+    /// The Defender and Graph APIs.
+    Api,
+}
+
+impl HttpPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            HttpPurpose::Token => "token",
+            HttpPurpose::Api => "api",
+        }
+    }
+}
+
+/// The HTTP client for Entra or the APIs, as `[http]` says: timeouts, user agent, the
+/// proxy and the extra trust roots of `ca_file` (both clients get the same, so a
+/// TLS-inspecting proxy is trusted for tokens and API calls alike). The token client
+/// follows no redirects: a token request carrying a secret must not be replayed to
+/// wherever a redirect points. `onboard` builds its clients here too, so that its test
+/// call goes out exactly as the daemon's requests will.
+pub fn http_client(
     http: &HttpConfig,
-    purpose: &'static str,
+    purpose: HttpPurpose,
 ) -> Result<reqwest::Client, PipelineError> {
+    let err = |source| PipelineError::Http {
+        purpose: purpose.as_str(),
+        source,
+    };
+    // reqwest would otherwise read HTTP(S)_PROXY/ALL_PROXY from the process environment
+    // itself; relay-config already resolved them (no library reads the environment), and
+    // a proxy the operator cannot see in the configuration is a proxy nobody debugs.
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .user_agent(http.user_agent.clone())
         .connect_timeout(http.connect_timeout)
         .timeout(http.request_timeout);
-    if purpose == "token" {
+    if purpose == HttpPurpose::Token {
         builder = builder.redirect(reqwest::redirect::Policy::none());
     }
-    builder
-        .build()
-        .map_err(|source| PipelineError::Http { purpose, source })
+    if let Some(proxy) = &http.proxy {
+        let p = match proxy.scope {
+            ProxyScope::All => reqwest::Proxy::all(proxy.url.as_str()),
+            ProxyScope::HttpsOnly => reqwest::Proxy::https(proxy.url.as_str()),
+        }
+        .map_err(err)?;
+        builder =
+            builder.proxy(p.no_proxy(reqwest::NoProxy::from_string(&proxy.no_proxy.join(","))));
+    }
+    if let Some(ca) = &http.ca {
+        for der in &ca.certificates {
+            let cert = reqwest::Certificate::from_der(der).map_err(err)?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(err)
 }
 
 /// The token manager's view of `tenant`. For a refresh-token tenant the refresh token is

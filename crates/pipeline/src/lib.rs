@@ -41,7 +41,7 @@ mod sink_worker;
 mod status;
 mod token_store;
 
-pub use build::store_options;
+pub use build::{http_client, store_options, HttpPurpose};
 pub use error::PipelineError;
 pub use normalize::normalize;
 pub use relay::{Relay, RelayOptions, RunReport};

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::build::{http_client, sink, tenant_auth, tenant_plan};
+use crate::build::{http_client, sink, tenant_auth, tenant_plan, HttpPurpose};
 use crate::error::PipelineError;
 use crate::reload::{hec_overrides, Control, FeedSetup, Live, ReloadHandle, Spawner};
 use crate::sink_worker::{SinkRetry, SinkWorker, StopSignals};
@@ -113,8 +113,8 @@ impl Relay {
         state: Arc<StateStore>,
         opts: RelayOptions,
     ) -> Result<Relay, PipelineError> {
-        let api_http = http_client(&config.http, "api")?;
-        let token_http = http_client(&config.http, "token")?;
+        let api_http = http_client(&config.http, HttpPurpose::Api)?;
+        let token_http = http_client(&config.http, HttpPurpose::Token)?;
         let tokens = TokenManager::new(
             token_http,
             Arc::new(StateTokenStore::new(Arc::clone(&state))),

@@ -22,9 +22,13 @@ pub mod cef;
 mod error;
 mod event;
 pub mod file;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hec;
 mod json;
 pub mod jsonl;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 mod sink;
 pub mod splunk_hec;
@@ -34,6 +38,7 @@ mod template;
 pub use error::SinkError;
 pub use event::{Event, OutboxDecodeError, RawDoc, Severity};
 pub use file::{FileSink, FileSinkConfig};
+#[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSinkConfig};
 pub use sink::{AnySink, BatchLimits, Sink};
 pub use splunk_hec::{SplunkHecSink, SplunkHecSinkConfig};

@@ -3,6 +3,7 @@
 use crate::error::SinkError;
 use crate::event::Event;
 use crate::file::FileSink;
+#[cfg(feature = "kafka")]
 use crate::kafka::KafkaSink;
 use crate::splunk_hec::SplunkHecSink;
 use crate::syslog::SyslogSink;
@@ -82,6 +83,7 @@ pub enum AnySink {
     /// CEF or JSON over syslog (TCP, TLS, UDP) to ArcSight and other syslog receivers.
     Syslog(SyslogSink),
     /// Kafka topics, through an idempotent librdkafka producer.
+    #[cfg(feature = "kafka")]
     Kafka(KafkaSink),
 }
 
@@ -92,6 +94,7 @@ impl AnySink {
             AnySink::File(_) => "file",
             AnySink::SplunkHec(_) => "splunk_hec",
             AnySink::Syslog(_) => "syslog",
+            #[cfg(feature = "kafka")]
             AnySink::Kafka(_) => "kafka",
         }
     }
@@ -115,6 +118,7 @@ impl From<SyslogSink> for AnySink {
     }
 }
 
+#[cfg(feature = "kafka")]
 impl From<KafkaSink> for AnySink {
     fn from(s: KafkaSink) -> Self {
         AnySink::Kafka(s)
@@ -127,6 +131,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.name(),
             AnySink::SplunkHec(s) => s.name(),
             AnySink::Syslog(s) => s.name(),
+            #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.name(),
         }
     }
@@ -136,6 +141,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.batch_limits(),
             AnySink::SplunkHec(s) => s.batch_limits(),
             AnySink::Syslog(s) => s.batch_limits(),
+            #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.batch_limits(),
         }
     }
@@ -145,6 +151,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.healthcheck().await,
             AnySink::SplunkHec(s) => s.healthcheck().await,
             AnySink::Syslog(s) => s.healthcheck().await,
+            #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.healthcheck().await,
         }
     }
@@ -154,6 +161,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.send(batch).await,
             AnySink::SplunkHec(s) => s.send(batch).await,
             AnySink::Syslog(s) => s.send(batch).await,
+            #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.send(batch).await,
         }
     }
@@ -163,6 +171,7 @@ impl Sink for AnySink {
             AnySink::File(s) => s.shutdown().await,
             AnySink::SplunkHec(s) => s.shutdown().await,
             AnySink::Syslog(s) => s.shutdown().await,
+            #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.shutdown().await,
         }
     }

@@ -19,6 +19,7 @@
 
 mod error;
 mod key;
+mod lock;
 mod schema;
 mod segments;
 mod store;
@@ -27,6 +28,7 @@ pub mod types;
 
 pub use error::{Result, StateError};
 pub use key::{StateKey, KEY_LEN};
+pub use lock::{InstanceLock, LockError};
 pub use store::{Credentials, Outbox, PollLog, PollWrite, State, StateStore, StatusReader};
 pub use ticks::truncate_to_tick;
 pub use types::{

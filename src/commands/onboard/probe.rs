@@ -5,20 +5,16 @@ use chrono::{DateTime, Utc};
 use relay_auth::{AuthError, Credential, FailureKind, ManagerOptions, TenantAuth, TokenManager};
 use relay_config::{Audience, AuthMethod, Feed, HttpConfig, TenantConfig};
 use relay_defender::{ClientOptions, DefenderClient, DefenderError, TenantTarget};
+use relay_pipeline::{HttpPurpose, PipelineError};
 use relay_state::StateStore;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The HTTP client for Entra: no redirects, so a request carrying a secret is never
-/// replayed to wherever a redirect points.
-pub fn token_http(http: &HttpConfig) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(http.user_agent.clone())
-        .connect_timeout(http.connect_timeout)
-        .timeout(http.request_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+/// The HTTP client for Entra, built as the daemon builds it (no redirects, `[http]`
+/// proxy and `ca_file`).
+pub fn token_http(http: &HttpConfig) -> Result<reqwest::Client, PipelineError> {
+    relay_pipeline::http_client(http, HttpPurpose::Token)
 }
 
 /// The token manager and API client onboarding tests a tenant with. Rotated refresh
@@ -30,7 +26,7 @@ pub struct Probe {
 
 impl Probe {
     /// A probe sending through clients configured as `[http]` says.
-    pub fn new(http: &HttpConfig, state: Arc<StateStore>) -> reqwest::Result<Probe> {
+    pub fn new(http: &HttpConfig, state: Arc<StateStore>) -> Result<Probe, PipelineError> {
         let tokens = TokenManager::new(
             token_http(http)?,
             Arc::new(relay_pipeline::StateTokenStore::new(state)),
@@ -42,11 +38,7 @@ impl Probe {
                 ..ManagerOptions::default()
             },
         );
-        let api_http = reqwest::Client::builder()
-            .user_agent(http.user_agent.clone())
-            .connect_timeout(http.connect_timeout)
-            .timeout(http.request_timeout)
-            .build()?;
+        let api_http = relay_pipeline::http_client(http, HttpPurpose::Api)?;
         let api = DefenderClient::new(
             api_http,
             Arc::new(tokens.clone()),

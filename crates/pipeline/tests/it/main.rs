@@ -9,6 +9,7 @@ mod build;
 mod consent;
 mod delivery;
 mod failing_sink;
+mod http_proxy;
 mod reload;
 mod restart;
 mod util;

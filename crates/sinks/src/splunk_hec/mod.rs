@@ -34,7 +34,7 @@ mod ack;
 mod client;
 mod config;
 mod request;
-mod response;
+pub(crate) mod response;
 mod sink;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_receiver;
