@@ -210,6 +210,17 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// A listener on a free loopback port.
+async fn loopback_listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| fail(&format!("bind: {e}")));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| fail(&format!("{e}")));
+    (listener, addr)
+}
+
 /// A Splunk HEC endpoint that accepts every batch at once and discards it.
 async fn hec_receiver() -> std::net::SocketAddr {
     use axum::routing::{get, post};
@@ -223,12 +234,7 @@ async fn hec_receiver() -> std::net::SocketAddr {
             get(|| async { r#"{"text":"HEC is healthy","code":17}"# }),
         )
         .layer(axum::extract::DefaultBodyLimit::disable());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| fail(&format!("bind: {e}")));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| fail(&format!("{e}")));
+    let (listener, addr) = loopback_listener().await;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -237,12 +243,7 @@ async fn hec_receiver() -> std::net::SocketAddr {
 
 /// A TCP syslog receiver that reads and discards.
 async fn cef_receiver() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| fail(&format!("bind: {e}")));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| fail(&format!("{e}")));
+    let (listener, addr) = loopback_listener().await;
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
