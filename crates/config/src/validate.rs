@@ -368,6 +368,14 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         300,
     );
 
+    let max_in_flight = ctx.int_in(
+        &k("max_in_flight"),
+        raw.max_in_flight,
+        crate::model::DEFAULT_HEC_MAX_IN_FLIGHT as u64,
+        1,
+        100_000,
+    );
+
     let tls = match raw.tls {
         None => Some(TlsConfig::default()),
         Some(t) => {
@@ -408,6 +416,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
             timeout: ack_timeout?,
             poll_interval: ack_poll?,
         },
+        max_in_flight: usize::try_from(max_in_flight?).ok()?,
         tls: tls?,
     }))
 }

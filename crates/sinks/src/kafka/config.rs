@@ -99,10 +99,7 @@ impl KafkaSinkConfig {
     /// Default [`batch`](Self::batch): 1,000 events or about 8 MiB. `send` waits for every
     /// delivery report of a batch before the next batch starts, so batches must be large
     /// enough to keep the producer's pipeline busy.
-    pub const DEFAULT_BATCH: BatchLimits = BatchLimits {
-        max_events: 1000,
-        max_bytes: 8 * 1024 * 1024,
-    };
+    pub const DEFAULT_BATCH: BatchLimits = BatchLimits::new(1000, 8 * 1024 * 1024);
     /// Default [`healthcheck_timeout`](Self::healthcheck_timeout).
     pub const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default [`flush_timeout`](Self::flush_timeout).

@@ -43,6 +43,9 @@ pub struct SplunkHecSinkConfig {
     pub batch: BatchConfig,
     /// Indexer acknowledgement (Splunk Enterprise, tokens with `useACK`) and the channel.
     pub indexer_ack: IndexerAckConfig,
+    /// With indexer acknowledgement: at most this many batches sent and not yet confirmed
+    /// at once (`max_in_flight`). Each costs only its ack ids while it waits.
+    pub max_in_flight: usize,
     /// Server verification and client certificate for an `https` URL.
     pub tls: TlsConfig,
 }
@@ -62,6 +65,7 @@ impl SplunkHecSinkConfig {
             request_timeout: Duration::from_secs(30),
             batch: BatchConfig::default(),
             indexer_ack: IndexerAckConfig::default(),
+            max_in_flight: relay_config::DEFAULT_HEC_MAX_IN_FLIGHT,
             tls: TlsConfig::default(),
         }
     }
@@ -129,6 +133,7 @@ impl SplunkHecSinkConfig {
             request_timeout: hec.request_timeout,
             batch: hec.batch.clone(),
             indexer_ack: hec.indexer_ack.clone(),
+            max_in_flight: hec.max_in_flight,
             tls: hec.tls.clone(),
         };
         config.validate()?;
