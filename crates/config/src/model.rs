@@ -536,6 +536,33 @@ impl KafkaCompression {
     }
 }
 
+/// librdkafka properties the Kafka sink always sets itself, with why; `[librdkafka]` may
+/// not set them (nor an alias). The one list: validation refuses them, the sink relies on
+/// it.
+pub const KAFKA_RESERVED_PROPERTIES: [(&str, &str); 9] = [
+    ("bootstrap.servers", "set by `brokers`"),
+    ("metadata.broker.list", "set by `brokers`"),
+    ("compression.codec", "set by `compression`"),
+    ("compression.type", "set by `compression`"),
+    (
+        "enable.idempotence",
+        "fixed: the producer is always idempotent",
+    ),
+    ("acks", "fixed: the producer always waits for acks=all"),
+    (
+        "request.required.acks",
+        "fixed: the producer always waits for acks=all",
+    ),
+    (
+        "delivery.report.only.error",
+        "fixed: the sink needs every delivery report",
+    ),
+    (
+        "transactional.id",
+        "not supported: the sink is idempotent, not transactional",
+    ),
+];
+
 /// One `[librdkafka]` property value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KafkaProperty {

@@ -144,6 +144,8 @@ struct Delivery {
     cursor: i64,
     /// The last read found the end of the outbox; read again after a poke or a timer.
     at_end: bool,
+    /// Moving average of a row's payload size, for the read-ahead's byte bound.
+    row_bytes: usize,
     lanes: Lanes,
     window: Window,
     next_id: u64,
@@ -167,6 +169,7 @@ impl Delivery {
             queue: VecDeque::new(),
             cursor: 0,
             at_end: false,
+            row_bytes: 1024,
             lanes: Lanes::default(),
             window: Window::new(limits.max_in_flight),
             next_id: 0,
@@ -189,19 +192,27 @@ impl Delivery {
         self.queue.is_empty() && self.outstanding() == 0
     }
 
-    /// The smallest seq still outstanding anywhere except in batch `except`.
-    fn oldest_outstanding_except(&self, except: Option<u64>) -> Option<i64> {
+    /// The smallest seq still queued, in flight or waiting to be sent again (a batch's
+    /// seqs are in outbox order, so its first is its smallest).
+    fn oldest_outstanding(&self) -> Option<i64> {
         let queued = self.queue.front().map(|q| q.seq);
         let flying = self
             .in_flight
-            .iter()
-            .filter(|(id, _)| Some(**id) != except)
-            .filter_map(|(_, b)| b.seqs.iter().min().copied());
+            .values()
+            .filter_map(|b| b.seqs.first().copied());
         let resending = self
             .resends
             .iter()
-            .filter_map(|r| r.batch.seqs.iter().min().copied());
+            .filter_map(|r| r.batch.seqs.first().copied());
         queued.into_iter().chain(flying).chain(resending).min()
+    }
+
+    /// The range delete that removes exactly `batch`'s rows, when there is one: its seqs
+    /// are one run and nothing older is outstanding.
+    fn range_of(&self, batch: &Batch) -> Option<(i64, i64)> {
+        batch
+            .contiguous()
+            .filter(|(first, _)| self.oldest_outstanding().is_none_or(|o| o > *first))
     }
 }
 
@@ -304,7 +315,7 @@ impl SinkWorker {
                 d.stopped_until,
                 d.resends.iter().map(|r| r.due).min(),
                 d.lingering_since.map(|t| t + d.limits.linger),
-                Some(idle_since.max(Instant::now() - IDLE_WAKE) + IDLE_WAKE),
+                Some(idle_since + IDLE_WAKE),
             ]
             .into_iter()
             .flatten()
@@ -354,6 +365,11 @@ impl SinkWorker {
     async fn read(&self, d: &mut Delivery, n: usize) -> Result<(), String> {
         let sink = self.cell.name.clone();
         let after = d.cursor;
+        // Bounded in bytes too, by the rows' average size so far: a read-ahead of large
+        // documents stays a few batches' worth of memory. (Not by `read_batch`'s byte
+        // bound: a read cut by it would look like the end of the outbox.)
+        let bound = d.limits.max_bytes.saturating_mul(READ_AHEAD_BATCHES);
+        let n = n.min((bound / d.row_bytes.max(1)).max(1));
         let rows = {
             let state = Arc::clone(&self.state);
             tokio::task::spawn_blocking(move || state.read_batch(&sink, after, n, usize::MAX)).await
@@ -372,6 +388,10 @@ impl SinkWorker {
             Err(e) => return Err(format!("state store task failed: {e}")),
         };
         d.at_end = rows.len() < n;
+        if !rows.is_empty() {
+            let bytes: usize = rows.iter().map(|r| r.payload.len()).sum();
+            d.row_bytes = (d.row_bytes + bytes / rows.len()) / 2;
+        }
         let mut undecodable = Vec::new();
         for row in rows {
             d.cursor = d.cursor.max(row.seq);
@@ -448,13 +468,28 @@ impl SinkWorker {
         hard: &CancellationToken,
         rng: &mut SmallRng,
     ) -> bool {
-        let mut taken = Vec::with_capacity(rows.len());
-        for i in rows.iter().rev() {
-            if let Some(q) = d.queue.remove(*i) {
-                taken.push(q);
+        // Usually the batch is the head of the queue; otherwise one pass splits the queue.
+        let taken: Vec<Queued> = if rows.iter().enumerate().all(|(n, i)| n == *i) {
+            d.queue.drain(..rows.len()).collect()
+        } else {
+            let mut picked = vec![false; d.queue.len()];
+            for i in &rows {
+                if let Some(p) = picked.get_mut(*i) {
+                    *p = true;
+                }
             }
-        }
-        taken.reverse();
+            let mut taken = Vec::with_capacity(rows.len());
+            let mut kept = VecDeque::with_capacity(d.queue.len().saturating_sub(rows.len()));
+            for (q, p) in d.queue.drain(..).zip(picked) {
+                if p {
+                    taken.push(q);
+                } else {
+                    kept.push_back(q);
+                }
+            }
+            d.queue = kept;
+            taken
+        };
         let batch = Batch {
             seqs: taken.iter().map(|q| q.seq).collect(),
             keys: taken.iter().map(|q| q.key).collect(),
@@ -587,9 +622,7 @@ impl SinkWorker {
             Ok(()) => {
                 // Range delete when nothing older is outstanding: the common case, cheaper
                 // than deleting row by row.
-                let range = batch.contiguous().filter(|(first, _)| {
-                    d.oldest_outstanding_except(None).is_none_or(|o| o > *first)
-                });
+                let range = d.range_of(&batch);
                 self.delete(d, batch, range, hard, rng).await
             }
             Err(e) => {
@@ -607,9 +640,7 @@ impl SinkWorker {
         hard: &CancellationToken,
         rng: &mut SmallRng,
     ) -> bool {
-        let range = batch
-            .contiguous()
-            .filter(|(first, _)| d.oldest_outstanding_except(None).is_none_or(|o| o > *first));
+        let range = d.range_of(&batch);
         self.delete(d, batch, range, hard, rng).await
     }
 

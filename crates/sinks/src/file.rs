@@ -65,6 +65,14 @@ impl FileSinkConfig {
         }
     }
 
+    /// The sink `[sinks.NAME]` of the relay's validated configuration.
+    pub fn from_config(name: &str, config: &relay_config::FileSinkConfig) -> Self {
+        let mut c = FileSinkConfig::new(name, config.path.clone());
+        c.max_file_bytes = config.max_file_bytes;
+        c.max_files = usize::try_from(config.max_files).unwrap_or(usize::MAX);
+        c
+    }
+
     /// Checks the configuration without touching the disk; reports every problem at once.
     pub fn validate(&self) -> Result<(), SinkError> {
         let mut problems = Vec::new();
