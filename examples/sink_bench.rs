@@ -718,7 +718,12 @@ async fn main() {
         );
     }
     println!(
-        "wall: {wall:.1} s (first event after {:.1} s)",
+        "wall: {wall:.1} s (first event {} after {:.1} s)",
+        if args.ack_delay_ms.is_some() {
+            "confirmed"
+        } else {
+            "arrived"
+        },
         first_at.unwrap_or_default().as_secs_f64()
     );
     if let Some((t, c)) = polled_at {
