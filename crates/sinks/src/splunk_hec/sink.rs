@@ -265,7 +265,7 @@ impl Sink for SplunkHecSink {
 
     /// POSTs the batch (one request per `max_bytes`); without indexer ack it is delivered
     /// when every request got a 200. With indexer ack the receipt is pending on the
-    /// requests' ack ids, which the sink's [`AckTracker`] asks for together with every other
+    /// requests' ack ids, which the sink's ack tracker asks for together with every other
     /// batch's.
     async fn submit(&mut self, batch: &[Event]) -> Result<Receipt, SinkError> {
         if batch.is_empty() {
