@@ -28,7 +28,11 @@
 //! `perf record` profile of the daemon meanwhile (`perf report -i FILE`); `--gzip false`
 //! turns HEC compression off, `--gzip-level N` sets its level; `--payload realistic` uses the simulator's production-like
 //! alerts (varied evidence, hostile text, occasional 10 KB strings) instead of uniform
-//! ones padded with filler text. Everything stays on 127.0.0.1.
+//! ones padded with filler text. HEC only: `--receiver strict` uses the strict receiver of
+//! the tests instead of the minimal one; `--ack-delay-ms N` turns indexer acknowledgement
+//! on, the strict receiver confirming each request N ms after it arrived (the run then ends
+//! when every event is confirmed); `--max-in-flight N` and `--max-bytes N` set the sink's
+//! `max_in_flight` and `batch.max_bytes`. Everything stays on 127.0.0.1.
 
 #[allow(dead_code)]
 #[path = "../crates/sinks/src/kafka/tansu.rs"]
@@ -67,6 +71,15 @@ struct Args {
     timeout_secs: u64,
     /// The simulator's realistic payloads instead of uniform ~`alert_bytes` ones.
     realistic: bool,
+    /// HEC: the strict receiver with indexer acknowledgement, confirming each request this
+    /// long after it arrived.
+    ack_delay_ms: Option<u64>,
+    /// HEC: the strict receiver (without indexer ack unless `ack_delay_ms`).
+    strict: bool,
+    /// HEC `max_in_flight`; `None`: the sink's default.
+    max_in_flight: Option<u64>,
+    /// HEC `batch.max_bytes`; `None`: the sink's default.
+    max_bytes: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -81,6 +94,10 @@ fn parse_args() -> Args {
         perf: None,
         timeout_secs: 1_200,
         realistic: false,
+        ack_delay_ms: None,
+        strict: false,
+        max_in_flight: None,
+        max_bytes: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -108,6 +125,13 @@ fn parse_args() -> Args {
             "--perf" => a.perf = Some(PathBuf::from(v)),
             "--timeout-secs" => a.timeout_secs = v.parse().unwrap_or(a.timeout_secs),
             "--payload" => a.realistic = v == "realistic",
+            "--ack-delay-ms" => {
+                a.ack_delay_ms = v.parse().ok();
+                a.strict = true;
+            }
+            "--receiver" => a.strict = v == "strict",
+            "--max-in-flight" => a.max_in_flight = v.parse().ok(),
+            "--max-bytes" => a.max_bytes = v.parse().ok(),
             other => eprintln!("ignoring unknown argument {other}"),
         }
         i += 2;
@@ -230,6 +254,26 @@ async fn hec_receiver(counter: Arc<Counter>) -> std::net::SocketAddr {
         let _ = axum::serve(listener, app).await;
     });
     addr
+}
+
+/// The strict HEC receiver of the tests (crates/sinks/src/splunk_hec/test_receiver.rs),
+/// counting instead of recording; with `ack_delay_ms`, the token has indexer
+/// acknowledgement and each request is confirmed that long after it arrived.
+async fn strict_hec_receiver(
+    ack_delay_ms: Option<u64>,
+) -> relay_sinks::splunk_hec::test_receiver::HecReceiver {
+    use relay_sinks::splunk_hec::test_receiver::{AckMode, HecReceiver, HecReceiverConfig};
+    let r = HecReceiver::start(HecReceiverConfig {
+        indexer_ack: ack_delay_ms.is_some(),
+        record: false,
+        ..HecReceiverConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| fail(&format!("strict receiver: {e}")));
+    if let Some(ms) = ack_delay_ms {
+        r.set_ack_mode(AckMode::AfterDelay(Duration::from_millis(ms)));
+    }
+    r
 }
 
 /// Syslog over octet-counted TCP (`LEN SP MSG`): counts messages, discards them.
@@ -439,16 +483,33 @@ async fn main() {
     let counter = Arc::new(Counter::default());
     let stop_counter = Arc::new(AtomicBool::new(false));
     let mut _broker = None;
+    let mut strict = None;
     let sinks_toml = match args.sink {
         Kind::Hec => {
-            let addr = hec_receiver(Arc::clone(&counter)).await;
-            let level = args
-                .gzip_level
-                .map(|l| format!("gzip_level = {l}\n"))
-                .unwrap_or_default();
+            let addr = if args.strict {
+                let r = strict_hec_receiver(args.ack_delay_ms).await;
+                let addr = r.addr();
+                strict = Some(r);
+                addr
+            } else {
+                hec_receiver(Arc::clone(&counter)).await
+            };
+            let mut extra = String::new();
+            if let Some(l) = args.gzip_level {
+                extra.push_str(&format!("gzip_level = {l}\n"));
+            }
+            if let Some(n) = args.max_in_flight {
+                extra.push_str(&format!("max_in_flight = {n}\n"));
+            }
+            if let Some(n) = args.max_bytes {
+                extra.push_str(&format!("batch = {{ max_bytes = {n} }}\n"));
+            }
+            if args.ack_delay_ms.is_some() {
+                extra.push_str("indexer_ack = { enabled = true }\n");
+            }
             format!(
                 "[sinks.bench]\ntype = \"splunk_hec\"\nurl = \"http://{addr}\"\n\
-                 token = {{ file = \"hec.token\" }}\ngzip = {}\n{level}",
+                 token = {{ file = \"hec.token\" }}\ngzip = {}\n{extra}",
                 args.gzip
             )
         }
@@ -571,11 +632,25 @@ async fn main() {
     let mut first_at: Option<Duration> = None;
     let mut last_report = Instant::now();
     let mut lines = LineCounter::default();
+    // With indexer ack: when the last event arrived, and the daemon's CPU then. The run
+    // itself ends once the receiver confirmed every event.
+    let mut all_arrived: Option<(Duration, f64)> = None;
     let arrived = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let n = match args.sink {
-            Kind::File => lines.count(&dir.path().join("events")),
-            Kind::None => outbox_rows(&args.binary, &config),
+        let n = match (args.sink, &strict) {
+            (Kind::File, _) => lines.count(&dir.path().join("events")),
+            (Kind::None, _) => outbox_rows(&args.binary, &config),
+            (Kind::Hec, Some(r)) => {
+                let arrived = r.event_count();
+                if all_arrived.is_none() && arrived >= expected {
+                    all_arrived = Some((started.elapsed(), cpu_secs(pid).unwrap_or(0.0)));
+                }
+                if args.ack_delay_ms.is_some() {
+                    r.acked_event_count()
+                } else {
+                    arrived
+                }
+            }
             _ => counter.events.load(Ordering::Relaxed),
         };
         if first_at.is_none() && n > 0 {
@@ -626,8 +701,30 @@ async fn main() {
         println!("  {l:.300}");
     }
     println!("--- sink {:?}: {arrived} of {expected} events", args.sink);
+    if let Some(r) = &strict {
+        println!(
+            "strict receiver: {} envelopes accepted ({} duplicates), {} confirmed, {} ack queries",
+            r.event_count(),
+            r.event_count().saturating_sub(expected),
+            r.acked_event_count(),
+            r.ack_queries()
+        );
+    }
+    if let (Some(ms), Some((t, c))) = (args.ack_delay_ms, all_arrived) {
+        println!(
+            "indexer ack after {ms} ms: every event arrived after {:.1} s ({:.0} events/s, \
+             daemon CPU then {c:.1} s); confirmed after {wall:.1} s",
+            t.as_secs_f64(),
+            expected as f64 / t.as_secs_f64()
+        );
+    }
     println!(
-        "wall: {wall:.1} s (first event after {:.1} s)",
+        "wall: {wall:.1} s (first event {} after {:.1} s)",
+        if args.ack_delay_ms.is_some() {
+            "confirmed"
+        } else {
+            "arrived"
+        },
         first_at.unwrap_or_default().as_secs_f64()
     );
     if let Some((t, c)) = polled_at {

@@ -324,6 +324,9 @@ pub struct SplunkHecConfig {
     pub batch: BatchConfig,
     /// `[indexer_ack]`.
     pub indexer_ack: IndexerAckConfig,
+    /// `max_in_flight` (default [`DEFAULT_HEC_MAX_IN_FLIGHT`], 1–100,000): with indexer
+    /// ack, at most this many batches sent and awaiting their acknowledgement at once.
+    pub max_in_flight: usize,
     /// `[tls]`.
     pub tls: TlsConfig,
 }
@@ -342,6 +345,13 @@ impl SplunkHecConfig {
 /// about 6:1, nine tenths of what level 6 achieves (6.8:1), for about 70 % of its CPU
 /// (`cargo bench -p relay-sinks --bench format -- hec-gzip` with `FORMAT_BENCH_GZIP_LEVEL`).
 pub const DEFAULT_GZIP_LEVEL: u32 = 3;
+
+/// The default `max_in_flight` of a HEC sink. A batch awaiting indexer acknowledgement
+/// costs the relay only its outbox sequence numbers and ack ids, and Splunk keeps up to
+/// 1,000,000 pending acks per channel; the window has to cover the indexers' delay at full
+/// speed (at ~8,000 events/s and 160 events per 1 MB batch, a 10 s acknowledgement needs
+/// about 500 batches outstanding). docs/performance.md has the measurement.
+pub const DEFAULT_HEC_MAX_IN_FLIGHT: usize = 1000;
 
 /// `[sinks.NAME.batch]` of a HEC sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -571,6 +581,33 @@ impl KafkaCompression {
         }
     }
 }
+
+/// librdkafka properties the Kafka sink always sets itself, with why; `[librdkafka]` may
+/// not set them (nor an alias). The one list: validation refuses them, the sink relies on
+/// it.
+pub const KAFKA_RESERVED_PROPERTIES: [(&str, &str); 9] = [
+    ("bootstrap.servers", "set by `brokers`"),
+    ("metadata.broker.list", "set by `brokers`"),
+    ("compression.codec", "set by `compression`"),
+    ("compression.type", "set by `compression`"),
+    (
+        "enable.idempotence",
+        "fixed: the producer is always idempotent",
+    ),
+    ("acks", "fixed: the producer always waits for acks=all"),
+    (
+        "request.required.acks",
+        "fixed: the producer always waits for acks=all",
+    ),
+    (
+        "delivery.report.only.error",
+        "fixed: the sink needs every delivery report",
+    ),
+    (
+        "transactional.id",
+        "not supported: the sink is idempotent, not transactional",
+    ),
+];
 
 /// One `[librdkafka]` property value.
 #[derive(Debug, Clone, PartialEq, Eq)]

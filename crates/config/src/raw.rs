@@ -83,6 +83,7 @@ pub(crate) struct RawHecSink {
     pub request_timeout_secs: Option<u64>,
     pub batch: Option<RawBatch>,
     pub indexer_ack: Option<RawIndexerAck>,
+    pub max_in_flight: Option<u64>,
     pub tls: Option<RawTls>,
 }
 

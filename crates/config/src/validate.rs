@@ -529,6 +529,14 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         300,
     );
 
+    let max_in_flight = ctx.int_in(
+        &k("max_in_flight"),
+        raw.max_in_flight,
+        crate::model::DEFAULT_HEC_MAX_IN_FLIGHT as u64,
+        1,
+        100_000,
+    );
+
     let tls = match raw.tls {
         None => Some(TlsConfig::default()),
         Some(t) => {
@@ -569,6 +577,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
             timeout: ack_timeout?,
             poll_interval: ack_poll?,
         },
+        max_in_flight: usize::try_from(max_in_flight?).ok()?,
         tls: tls?,
     }))
 }
@@ -763,32 +772,6 @@ pub(crate) fn syslog_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawSyslogSink) -> O
     }))
 }
 
-/// librdkafka properties xdr-relay sets itself, with the key to use instead.
-// Keep in step with `relay_sinks::KafkaSinkConfig::RESERVED_PROPERTIES`, which checks again.
-const KAFKA_RESERVED: [(&str, &str); 9] = [
-    ("bootstrap.servers", "set by `brokers`"),
-    ("metadata.broker.list", "set by `brokers`"),
-    ("compression.codec", "set by `compression`"),
-    ("compression.type", "set by `compression`"),
-    (
-        "enable.idempotence",
-        "fixed: the producer is always idempotent",
-    ),
-    ("acks", "fixed: the producer always waits for acks=all"),
-    (
-        "request.required.acks",
-        "fixed: the producer always waits for acks=all",
-    ),
-    (
-        "delivery.report.only.error",
-        "fixed: the sink needs every delivery report",
-    ),
-    (
-        "transactional.id",
-        "not supported: the sink is idempotent, not transactional",
-    ),
-];
-
 /// A property whose value is a credential, so it must come from a secret reference.
 fn kafka_property_is_secret(name: &str) -> bool {
     name.contains("password")
@@ -842,7 +825,10 @@ pub(crate) fn kafka_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawKafkaSink) -> Opt
     let mut props_ok = true;
     for (name, value) in raw.librdkafka.unwrap_or_default() {
         let pkey = child_key(&k("librdkafka"), &name);
-        if let Some((_, why)) = KAFKA_RESERVED.iter().find(|(n, _)| *n == name) {
+        if let Some((_, why)) = crate::model::KAFKA_RESERVED_PROPERTIES
+            .iter()
+            .find(|(n, _)| *n == name)
+        {
             ctx.problem(&pkey, format!("cannot be set here: {why}"));
             props_ok = false;
             continue;

@@ -292,21 +292,14 @@ pub(crate) fn sink(
     config: &SinkConfig,
     tenants: &[TenantConfig],
 ) -> Result<AnySink, PipelineError> {
+    // One convention for every sink: `<Sink>Config::from_config` maps the validated
+    // `[sinks.NAME]` (parsing templates), `<Sink>::new` builds it (reading TLS files).
     Ok(match config {
-        SinkConfig::File(file) => {
-            let mut c = FileSinkConfig::new(name, file.path.clone());
-            c.max_file_bytes = file.max_file_bytes;
-            c.max_files = usize::try_from(file.max_files).unwrap_or(usize::MAX);
-            AnySink::File(FileSink::new(c)?)
+        SinkConfig::File(c) => FileSink::new(FileSinkConfig::from_config(name, c))?.into(),
+        SinkConfig::SplunkHec(c) => {
+            SplunkHecSink::new(SplunkHecSinkConfig::from_config(name, c, tenants)?)?.into()
         }
-        SinkConfig::SplunkHec(hec) => AnySink::SplunkHec(SplunkHecSink::new(
-            SplunkHecSinkConfig::from_config(name, hec, tenants)?,
-        )?),
-        SinkConfig::Syslog(syslog) => AnySink::Syslog(SyslogSink::new(
-            SyslogSinkConfig::from_config(name, syslog),
-        )?),
-        SinkConfig::Kafka(kafka) => {
-            AnySink::Kafka(KafkaSink::new(KafkaSinkConfig::from_relay(name, kafka)?)?)
-        }
+        SinkConfig::Syslog(c) => SyslogSink::new(SyslogSinkConfig::from_config(name, c))?.into(),
+        SinkConfig::Kafka(c) => KafkaSink::new(KafkaSinkConfig::from_config(name, c)?)?.into(),
     })
 }

@@ -8,7 +8,7 @@ use relay_auth::{ManagerOptions, TokenManager};
 use relay_config::Config;
 use relay_defender::{AdmissionLimits, ClientOptions, DefenderClient, RateLimits, TokenProvider};
 use relay_sinks::splunk_hec::HecLabels;
-use relay_sinks::AnySink;
+use relay_sinks::{AnySink, Sink};
 use relay_state::{State, StateStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -239,10 +239,7 @@ impl Relay {
         let sink_cells: Vec<Arc<SinkCell>> = sinks.iter().map(|(_, c)| Arc::clone(c)).collect();
         let hec_labels: BTreeMap<String, HecLabels> = sinks
             .iter()
-            .filter_map(|(sink, cell)| match sink {
-                AnySink::SplunkHec(hec) => Some((cell.name.clone(), hec.labels())),
-                _ => None,
-            })
+            .filter_map(|(sink, cell)| Some((cell.name.clone(), sink.labels()?)))
             .collect();
         for (sink, cell) in sinks {
             let span = info_span!("sink", sink = %cell.name, kind = sink.kind());

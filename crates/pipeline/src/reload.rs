@@ -727,6 +727,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         request_timeout,
         batch,
         indexer_ack,
+        max_in_flight,
         tls,
     } = a;
     *url == b.url
@@ -741,6 +742,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         && *request_timeout == b.request_timeout
         && *batch == b.batch
         && *indexer_ack == b.indexer_ack
+        && *max_in_flight == b.max_in_flight
         && *tls == b.tls
 }
 

@@ -22,7 +22,7 @@
 use crate::error::SinkError;
 use crate::event::Event;
 use crate::jsonl;
-use crate::sink::{BatchLimits, Sink};
+use crate::sink::{BatchLimits, Receipt, Sink};
 use chrono::{NaiveDateTime, Utc};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -63,6 +63,14 @@ impl FileSinkConfig {
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
             max_files: Self::DEFAULT_MAX_FILES,
         }
+    }
+
+    /// The sink `[sinks.NAME]` of the relay's validated configuration.
+    pub fn from_config(name: &str, config: &relay_config::FileSinkConfig) -> Self {
+        let mut c = FileSinkConfig::new(name, config.path.clone());
+        c.max_file_bytes = config.max_file_bytes;
+        c.max_files = usize::try_from(config.max_files).unwrap_or(usize::MAX);
+        c
     }
 
     /// Checks the configuration without touching the disk; reports every problem at once.
@@ -118,10 +126,7 @@ impl FileSink {
             usize::try_from(config.max_file_bytes.min(MAX_BATCH_BYTES)).unwrap_or(usize::MAX);
         Ok(FileSink {
             name: config.name.clone(),
-            limits: BatchLimits {
-                max_events: 1000,
-                max_bytes,
-            },
+            limits: BatchLimits::new(1000, max_bytes),
             writer: Arc::new(Mutex::new(Writer {
                 active: None,
                 next_seq: None,
@@ -172,7 +177,19 @@ impl Sink for FileSink {
         self.blocking(|w| w.ensure_open().map(|_| ())).await?
     }
 
-    async fn send(&mut self, batch: &[Event]) -> Result<(), SinkError> {
+    /// Delivered once this returns: there is no later confirmation to wait for.
+    async fn submit(&mut self, batch: &[Event]) -> Result<Receipt, SinkError> {
+        self.deliver(batch).await.map(|()| Receipt::Delivered)
+    }
+
+    async fn shutdown(&mut self) -> Result<(), SinkError> {
+        self.blocking(|w| w.close()).await?
+    }
+}
+
+impl FileSink {
+    /// The batch written, flushed or confirmed: what `submit` reports as delivered.
+    async fn deliver(&mut self, batch: &[Event]) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -192,10 +209,6 @@ impl Sink for FileSink {
             self.buf = buf;
         }
         result
-    }
-
-    async fn shutdown(&mut self) -> Result<(), SinkError> {
-        self.blocking(|w| w.close()).await?
     }
 }
 

@@ -40,7 +40,7 @@ pub use event::{Event, OutboxDecodeError, RawDoc, Severity};
 pub use file::{FileSink, FileSinkConfig};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSinkConfig};
-pub use sink::{AnySink, BatchLimits, Sink};
+pub use sink::{Acknowledgement, AnySink, BatchLimits, Receipt, Sink};
 pub use splunk_hec::{SplunkHecSink, SplunkHecSinkConfig};
 pub use syslog::{SyslogSink, SyslogSinkConfig};
 pub use template::{Template, TemplateError};

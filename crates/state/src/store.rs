@@ -576,37 +576,78 @@ impl StateStore {
                 break;
             }
             total = total.saturating_add(bytes);
-            let seq: i64 = row.get(0).map_err(sql)?;
-            let segment: Option<i64> = row.get(5).map_err(sql)?;
-            let payload = match segment {
-                // Queued before V3: the payload is in the row.
-                None => row.get(4).map_err(sql)?,
-                Some(segment) => {
-                    let offset: i64 = row.get(6).map_err(sql)?;
-                    let crc: i64 = row.get(7).map_err(sql)?;
-                    let invalid = |what: String| StateError::Invalid {
-                        path: self.path.clone(),
-                        table: "outbox",
-                        what,
-                    };
-                    let at = Location {
-                        segment,
-                        offset: u64::try_from(offset)
-                            .map_err(|_| invalid(format!("segment offset {offset} (seq {seq})")))?,
-                        crc: u32::try_from(crc)
-                            .map_err(|_| invalid(format!("crc32 {crc} (seq {seq})")))?,
-                    };
-                    segments.read(at, bytes, sink, seq)?
-                }
-            };
-            batch.push(OutboxRow {
-                seq,
-                tenant: row.get(1).map_err(sql)?,
-                enqueued_at: self.time(row.get(2).map_err(sql)?, "outbox")?,
-                payload,
-            });
+            batch.push(self.outbox_row(row, bytes, &mut segments, sink)?);
         }
         Ok(batch)
+    }
+
+    /// Exactly the rows `seqs` of `sink`'s outbox that are still there, in `seqs` order:
+    /// how a sink worker reads a batch back to send it again after a failure, when its
+    /// rows are no longer contiguous (other batches were acknowledged around them).
+    pub fn read_rows(&self, sink: &str, seqs: &[i64]) -> Result<Vec<OutboxRow>> {
+        let sql = |e| StateError::sqlite(&self.path, "reading outbox rows", e);
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT o.seq, o.tenant, o.enqueued_ticks, o.bytes, o.payload,
+                        o.segment, o.segment_offset, o.crc32
+                 FROM outbox o JOIN sinks s ON s.sink_id = o.sink_id
+                 WHERE s.name = ?1 AND o.seq = ?2",
+            )
+            .map_err(sql)?;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut segments = SegmentReader::new(&self.segment_dir);
+        for seq in seqs {
+            let mut rows = stmt.query(params![sink, seq]).map_err(sql)?;
+            if let Some(row) = rows.next().map_err(sql)? {
+                let bytes =
+                    usize::try_from(row.get::<_, i64>(3).map_err(sql)?).unwrap_or(usize::MAX);
+                out.push(self.outbox_row(row, bytes, &mut segments, sink)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One row of the outbox query of [`read_batch`](Self::read_batch) /
+    /// [`read_rows`](Self::read_rows) (`seq, tenant, enqueued_ticks, bytes, payload, segment,
+    /// segment_offset, crc32`), its payload read from its segment.
+    fn outbox_row(
+        &self,
+        row: &rusqlite::Row<'_>,
+        bytes: usize,
+        segments: &mut SegmentReader,
+        sink: &str,
+    ) -> Result<OutboxRow> {
+        let sql = |e| StateError::sqlite(&self.path, "reading an outbox batch", e);
+        let seq: i64 = row.get(0).map_err(sql)?;
+        let segment: Option<i64> = row.get(5).map_err(sql)?;
+        let payload = match segment {
+            // Queued before V3: the payload is in the row.
+            None => row.get(4).map_err(sql)?,
+            Some(segment) => {
+                let offset: i64 = row.get(6).map_err(sql)?;
+                let crc: i64 = row.get(7).map_err(sql)?;
+                let invalid = |what: String| StateError::Invalid {
+                    path: self.path.clone(),
+                    table: "outbox",
+                    what,
+                };
+                let at = Location {
+                    segment,
+                    offset: u64::try_from(offset)
+                        .map_err(|_| invalid(format!("segment offset {offset} (seq {seq})")))?,
+                    crc: u32::try_from(crc)
+                        .map_err(|_| invalid(format!("crc32 {crc} (seq {seq})")))?,
+                };
+                segments.read(at, bytes, sink, seq)?
+            }
+        };
+        Ok(OutboxRow {
+            seq,
+            tenant: row.get(1).map_err(sql)?,
+            enqueued_at: self.time(row.get(2).map_err(sql)?, "outbox")?,
+            payload,
+        })
     }
 
     /// Deletes `sink`'s rows with `seq <= up_to_seq` after the sink acknowledged them, and

@@ -337,6 +337,7 @@ async fn reload_changes_a_tenants_hec_labels_live() {
                 ..Default::default()
             },
             indexer_ack: Default::default(),
+            max_in_flight: relay_config::DEFAULT_HEC_MAX_IN_FLIGHT,
             tls: Default::default(),
         }),
     );

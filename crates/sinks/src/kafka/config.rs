@@ -43,29 +43,8 @@ impl KafkaSinkConfig {
     /// reordering within a partition after a lost response, which is the per-incident order
     /// the key buys. Success-only delivery reports would never resolve the delivery futures
     /// `send` awaits. A transactional id would require transactions the sink does not run.
-    pub const RESERVED_PROPERTIES: [(&'static str, &'static str); 9] = [
-        ("bootstrap.servers", "set by `brokers`"),
-        ("metadata.broker.list", "set by `brokers`"),
-        ("compression.codec", "set by `compression`"),
-        ("compression.type", "set by `compression`"),
-        (
-            "enable.idempotence",
-            "fixed: the producer is always idempotent",
-        ),
-        ("acks", "fixed: the producer always waits for acks=all"),
-        (
-            "request.required.acks",
-            "fixed: the producer always waits for acks=all",
-        ),
-        (
-            "delivery.report.only.error",
-            "fixed: the sink needs every delivery report",
-        ),
-        (
-            "transactional.id",
-            "not supported: the sink is idempotent, not transactional",
-        ),
-    ];
+    pub const RESERVED_PROPERTIES: [(&'static str, &'static str); 9] =
+        relay_config::KAFKA_RESERVED_PROPERTIES;
 
     /// Properties the sink sets unless the configuration sets them (or an alias of them):
     /// `(key, aliases, value)`.
@@ -99,10 +78,7 @@ impl KafkaSinkConfig {
     /// Default [`batch`](Self::batch): 1,000 events or about 8 MiB. `send` waits for every
     /// delivery report of a batch before the next batch starts, so batches must be large
     /// enough to keep the producer's pipeline busy.
-    pub const DEFAULT_BATCH: BatchLimits = BatchLimits {
-        max_events: 1000,
-        max_bytes: 8 * 1024 * 1024,
-    };
+    pub const DEFAULT_BATCH: BatchLimits = BatchLimits::new(1000, 8 * 1024 * 1024);
     /// Default [`healthcheck_timeout`](Self::healthcheck_timeout).
     pub const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default [`flush_timeout`](Self::flush_timeout).
@@ -122,8 +98,9 @@ impl KafkaSinkConfig {
         }
     }
 
-    /// The sink `[sinks.NAME]` of the relay's configuration; validated.
-    pub fn from_relay(
+    /// The sink `[sinks.NAME]` of the relay's validated configuration; the topic template
+    /// is parsed here.
+    pub fn from_config(
         name: &str,
         config: &relay_config::KafkaConfig,
     ) -> Result<KafkaSinkConfig, SinkError> {
@@ -134,7 +111,7 @@ impl KafkaSinkConfig {
         let mut c = KafkaSinkConfig::new(name, config.brokers.clone(), topic);
         c.compression = config.compression;
         c.properties = config.librdkafka.clone();
-        c.validate()?;
+        // Validated by relay-config; `KafkaSink::new` checks the sink's own invariants.
         Ok(c)
     }
 

@@ -4,7 +4,7 @@ use super::config::KafkaSinkConfig;
 use super::{encode, errors};
 use crate::error::SinkError;
 use crate::event::Event;
-use crate::sink::{BatchLimits, Sink};
+use crate::sink::{BatchLimits, Receipt, Sink};
 use crate::template::Template;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -278,7 +278,37 @@ impl Sink for KafkaSink {
         }
     }
 
-    async fn send(&mut self, batch: &[Event]) -> Result<(), SinkError> {
+    /// Delivered once this returns: there is no later confirmation to wait for.
+    async fn submit(&mut self, batch: &[Event]) -> Result<Receipt, SinkError> {
+        self.deliver(batch).await.map(|()| Receipt::Delivered)
+    }
+
+    async fn shutdown(&mut self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let timeout = self.flush_timeout;
+        // `flush` blocks until every queued message has a delivery report or the timeout.
+        let (result, left) = tokio::task::spawn_blocking(move || {
+            let r = producer.flush(timeout);
+            (r, producer.in_flight_count())
+        })
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        match result {
+            Ok(()) => {
+                info!(sink = %self.name, "kafka producer flushed");
+                Ok(())
+            }
+            Err(e) => Err(self.unavailable(BatchFailed {
+                detail: format!("{left} messages still queued after flushing for {timeout:?}"),
+                source: e,
+            })),
+        }
+    }
+}
+
+impl KafkaSink {
+    /// The batch written, flushed or confirmed: what `submit` reports as delivered.
+    async fn deliver(&mut self, batch: &[Event]) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -347,28 +377,6 @@ impl Sink for KafkaSink {
         let e = self.batch_error(batch, failed, attempted);
         self.replace_producer()?;
         Err(e)
-    }
-
-    async fn shutdown(&mut self) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
-        let timeout = self.flush_timeout;
-        // `flush` blocks until every queued message has a delivery report or the timeout.
-        let (result, left) = tokio::task::spawn_blocking(move || {
-            let r = producer.flush(timeout);
-            (r, producer.in_flight_count())
-        })
-        .await
-        .map_err(|e| self.unavailable(e))?;
-        match result {
-            Ok(()) => {
-                info!(sink = %self.name, "kafka producer flushed");
-                Ok(())
-            }
-            Err(e) => Err(self.unavailable(BatchFailed {
-                detail: format!("{left} messages still queued after flushing for {timeout:?}"),
-                source: e,
-            })),
-        }
     }
 }
 

@@ -442,7 +442,7 @@ fn kafka_validation_reports_every_problem() {
 }
 
 #[test]
-fn kafka_config_from_relay_maps_every_key() {
+fn kafka_config_from_config_maps_every_key() {
     let relay = relay_config::KafkaConfig {
         brokers: vec!["k1:9092".into()],
         topic: "defender.{tenant}.{stream}".into(),
@@ -455,7 +455,7 @@ fn kafka_config_from_relay_maps_every_key() {
             ),
         ]),
     };
-    let c = KafkaSinkConfig::from_relay("bus", &relay).unwrap();
+    let c = KafkaSinkConfig::from_config("bus", &relay).unwrap();
     assert_eq!(c.name, "bus");
     assert_eq!(c.bootstrap_servers(), "k1:9092");
     assert_eq!(c.topic.as_str(), "defender.{tenant}.{stream}");
@@ -475,7 +475,7 @@ fn kafka_config_from_relay_maps_every_key() {
         topic: "x.{customer}".into(),
         ..relay
     };
-    let e = KafkaSinkConfig::from_relay("bus", &bad).unwrap_err();
+    let e = KafkaSinkConfig::from_config("bus", &bad).unwrap_err();
     assert!(e.to_string().contains("topic: template"), "{e}");
 }
 

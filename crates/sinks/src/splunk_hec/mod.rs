@@ -7,15 +7,17 @@
 //!   and `X-Splunk-Request-Channel: <GUID>` on every request — required with indexer ack,
 //!   harmless without, and what Splunk asks of every client (one channel per sender).
 //! * **Batching.** The pipeline's sink worker cuts batches by [`Sink::batch_limits`]
-//!   (`batch.max_events`, `batch.max_bytes` uncompressed) and waits up to
-//!   [`SplunkHecSink::linger`] for a partial batch to fill. `send` cuts the batch again on
+//!   (`batch.max_events`, `batch.max_bytes` uncompressed) and waits up to its `linger`
+//!   (`batch.linger_ms`) for a partial batch to fill. `submit` cuts the batch again on
 //!   the real envelope size, so no request body exceeds `max_bytes` unless one envelope
 //!   alone does.
 //! * **Delivered** means HTTP 2xx for every request of the batch and, with
 //!   `indexer_ack.enabled`, every request's `ackId` reported `true` by
-//!   `/services/collector/ack` (see `ack.rs`). A batch not acknowledged within
-//!   `indexer_ack.timeout_secs` fails as transient, so the worker sends it again
-//!   (duplicates possible, as Splunk's own client guidance says).
+//!   `/services/collector/ack` (see `ack.rs`). With ack on, `submit` returns once HEC took
+//!   the requests, with a pending [`Receipt`](crate::Receipt): up to `max_in_flight`
+//!   batches wait for their acks at once, all asked for in one query per tick. A batch
+//!   not acknowledged within `indexer_ack.timeout_secs` fails as transient, alone, so the
+//!   worker sends it again (duplicates possible, as Splunk's own client guidance says).
 //! * **Retry or not** follows the code table (sinks.md §1.5, `response.rs`): transport
 //!   errors, timeouts, 408, 429, 5xx but 501, and HEC codes 8, 9, 18–20 are
 //!   [`SinkError::Unavailable`] (transient, source [`HecUnavailable`]); every other refusal

@@ -222,6 +222,15 @@ pub enum HecUnavailable {
         /// The configured wait.
         timeout: Duration,
     },
+
+    /// HEC handed out one of the batch's ack ids again before confirming it: its statuses
+    /// were reset (a Splunk restart), so the batch can never be confirmed; it is sent again
+    /// (duplicates possible).
+    #[error(
+        "HEC reset its indexer acknowledgements (ack id handed out again) before confirming \
+         the batch; sending the batch again"
+    )]
+    AckReset,
 }
 
 #[cfg(test)]

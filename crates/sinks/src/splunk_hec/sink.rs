@@ -1,7 +1,7 @@
 //! [`SplunkHecSink`]: batches of events to `/services/collector/event`, confirmed by HTTP 200
 //! and, when configured, by indexer acknowledgement.
 
-use super::ack::{self, AckError};
+use super::ack::{AckFailure, AckTracker};
 use super::client::{display_url, HecClient};
 use super::config::{overlay, SplunkHecSinkConfig};
 use super::request::encode_requests;
@@ -9,7 +9,7 @@ use super::response::{Decision, HecReply, HecUnavailable, ACK_DISABLED_HINT};
 use crate::error::SinkError;
 use crate::event::Event;
 use crate::hec::HecOptions;
-use crate::sink::{BatchLimits, Sink};
+use crate::sink::{Acknowledgement, BatchLimits, Receipt, Sink};
 use relay_config::HecOverrides;
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -23,13 +23,13 @@ use url::Url;
 #[derive(Debug)]
 pub struct SplunkHecSink {
     name: String,
-    // Boxed so that the sink stays small inside `AnySink`.
-    client: Box<HecClient>,
+    // Shared with the ack poller task; also keeps the sink small inside `AnySink`.
+    client: Arc<HecClient>,
     labels: HecLabels,
     limits: BatchLimits,
-    linger: Duration,
-    /// `(timeout, poll_interval)` when indexer acknowledgement is on.
-    ack: Option<(Duration, Duration)>,
+    /// When indexer acknowledgement is on: the channel's outstanding ack ids, and how long a
+    /// batch may wait for its acknowledgement.
+    ack: Option<(Arc<AckTracker>, Duration)>,
 }
 
 /// Envelope labels: the sink's, and per tenant.
@@ -114,10 +114,11 @@ impl SplunkHecSink {
             indexer_ack = config.indexer_ack.enabled,
             "splunk hec sink ready"
         );
+        let name = config.name.clone();
         Ok(SplunkHecSink {
-            name: config.name.clone(),
+            name: name.clone(),
             labels: HecLabels {
-                sink: config.name,
+                sink: name.clone(),
                 inner: Arc::new(RwLock::new(Labels {
                     options: config.options,
                     tenants: config.tenant_options,
@@ -126,13 +127,21 @@ impl SplunkHecSink {
             limits: BatchLimits {
                 max_events: config.batch.max_events,
                 max_bytes: config.batch.max_bytes,
+                linger: config.batch.linger,
+                // Without indexer ack a 200 is the confirmation: nothing stays in flight.
+                max_in_flight: if config.indexer_ack.enabled {
+                    config.max_in_flight
+                } else {
+                    1
+                },
             },
-            linger: config.batch.linger,
-            ack: config
-                .indexer_ack
-                .enabled
-                .then_some((config.indexer_ack.timeout, config.indexer_ack.poll_interval)),
-            client: Box::new(client),
+            ack: config.indexer_ack.enabled.then(|| {
+                (
+                    Arc::new(AckTracker::new(&name, config.indexer_ack.poll_interval)),
+                    config.indexer_ack.timeout,
+                )
+            }),
+            client: Arc::new(client),
         })
     }
 
@@ -147,11 +156,9 @@ impl SplunkHecSink {
         &self.client.channel
     }
 
-    /// How long the sink worker should let a partial batch wait for more events before
-    /// sending it (`batch.linger_ms`). Batching by time is the worker's job: `send` sends
-    /// what it is given at once.
-    pub fn linger(&self) -> Duration {
-        self.linger
+    /// How many ack ids wait for the indexers' confirmation (0 without indexer ack).
+    pub fn outstanding_acks(&self) -> usize {
+        self.ack.as_ref().map_or(0, |(t, _)| t.outstanding())
     }
 
     /// Sets (or with `None` removes) one tenant's `[sink_overrides.NAME]`, e.g. after its
@@ -162,12 +169,6 @@ impl SplunkHecSink {
         overrides: Option<&HecOverrides>,
     ) -> Result<(), SinkError> {
         self.labels.set(tenant, overrides)
-    }
-
-    /// A handle on this sink's per-tenant labels that stays valid after the sink moved into
-    /// its worker: how a reload changes `[sink_overrides.NAME]` live.
-    pub fn labels(&self) -> HecLabels {
-        self.labels.clone()
     }
 
     fn unavailable(&self, url: &Url, source: HecUnavailable) -> SinkError {
@@ -214,6 +215,12 @@ impl Sink for SplunkHecSink {
         self.limits
     }
 
+    /// A handle on this sink's per-tenant labels that stays valid after the sink moved into
+    /// its worker: how a reload changes `[sink_overrides.NAME]` live.
+    fn labels(&self) -> Option<HecLabels> {
+        Some(self.labels.clone())
+    }
+
     /// `GET /services/collector/health` with the token (an unknown or disabled token answers
     /// 400 code 21/22 there, sinks.md §1.5); with indexer ack on, also an empty ack query on
     /// the channel, which a token without `useACK` refuses with code 14 — found now rather
@@ -256,9 +263,13 @@ impl Sink for SplunkHecSink {
         Ok(())
     }
 
-    async fn send(&mut self, batch: &[Event]) -> Result<(), SinkError> {
+    /// POSTs the batch (one request per `max_bytes`); without indexer ack it is delivered
+    /// when every request got a 200. With indexer ack the receipt is pending on the
+    /// requests' ack ids, which the sink's ack tracker asks for together with every other
+    /// batch's.
+    async fn submit(&mut self, batch: &[Event]) -> Result<Receipt, SinkError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Receipt::Delivered);
         }
         let requests = {
             // Held only while encoding (no await): a reload waits at most one encode.
@@ -316,46 +327,63 @@ impl Sink for SplunkHecSink {
                 }
             }
         }
-        if let Some((timeout, poll_interval)) = self.ack {
-            let ack_url = &self.client.ack_url;
-            match ack::wait_for_acks(
-                &self.client,
-                &self.name,
-                &ack_ids,
-                started + timeout,
-                poll_interval,
-            )
-            .await
-            {
-                Ok(()) => {}
-                Err(AckError::Timeout { pending }) => {
-                    return Err(self.unavailable(
-                        ack_url,
-                        HecUnavailable::AckTimeout {
-                            pending,
-                            total,
-                            timeout,
-                        },
-                    ))
-                }
-                Err(AckError::Rejected(reply)) => {
-                    return Err(self.rejected(ack_url, reply.describe()))
-                }
+        let Some((tracker, timeout)) = &self.ack else {
+            debug!(sink = %self.name, events = batch.len(), requests = total, "batch delivered");
+            return Ok(Receipt::Delivered);
+        };
+        let deadline = started + *timeout;
+        let waits: Vec<_> = ack_ids
+            .iter()
+            .map(|id| tracker.register(&self.client, *id, deadline))
+            .collect();
+        debug!(sink = %self.name, events = batch.len(), requests = total, ?ack_ids, "batch accepted; awaiting indexer acks");
+        let sink = self.name.clone();
+        let destination = display_url(&self.client.ack_url);
+        let timeout = *timeout;
+        Ok(Receipt::Pending(Acknowledgement::new(async move {
+            let mut left = waits.len();
+            for wait in waits {
+                let failure = match wait.await {
+                    Ok(Ok(())) => {
+                        left -= 1;
+                        continue;
+                    }
+                    Ok(Err(f)) => f,
+                    Err(_) => AckFailure::Closed,
+                };
+                let unavailable = |source: HecUnavailable| SinkError::Unavailable {
+                    sink: sink.clone(),
+                    destination: destination.clone(),
+                    source: Box::new(source),
+                };
+                return Err(match failure {
+                    AckFailure::Timeout => unavailable(HecUnavailable::AckTimeout {
+                        pending: left,
+                        total,
+                        timeout,
+                    }),
+                    AckFailure::Reset => unavailable(HecUnavailable::AckReset),
+                    AckFailure::Closed => unavailable(HecUnavailable::Busy(
+                        "the sink shut down before the indexers acknowledged the batch".into(),
+                    )),
+                    AckFailure::Rejected(reply) => SinkError::Rejected {
+                        sink: sink.clone(),
+                        destination: destination.clone(),
+                        reason: reply.describe(),
+                    },
+                });
             }
-        }
-        debug!(
-            sink = %self.name,
-            events = batch.len(),
-            requests = total,
-            acked = self.ack.is_some(),
-            "batch delivered"
-        );
-        Ok(())
+            Ok(())
+        })))
     }
 
-    /// Nothing is buffered inside the sink (`send` returns only when its batch is
-    /// delivered), so there is nothing to flush; idle connections close when the sink drops.
+    /// Nothing is buffered inside the sink; outstanding indexer acks are abandoned (their
+    /// batches are still in the outbox and are sent again after a restart) and idle
+    /// connections close when the sink drops.
     async fn shutdown(&mut self) -> Result<(), SinkError> {
+        if let Some((tracker, _)) = &self.ack {
+            tracker.close();
+        }
         debug!(sink = %self.name, "splunk hec sink shut down");
         Ok(())
     }

@@ -67,6 +67,10 @@ pub struct HecReceiverConfig {
     pub max_content_length: usize,
     /// Serve HTTPS with this certificate.
     pub tls: Option<ReceiverTls>,
+    /// Keep every accepted envelope and request ([`events`](HecReceiver::events),
+    /// [`requests`](HecReceiver::requests)); off, only counts are kept
+    /// ([`event_count`](HecReceiver::event_count)), for benchmarks that send gigabytes.
+    pub record: bool,
 }
 
 impl Default for HecReceiverConfig {
@@ -79,6 +83,7 @@ impl Default for HecReceiverConfig {
             // Splunk's default `max_content_length` (~800 MB).
             max_content_length: 838_860_800,
             tls: None,
+            record: true,
         }
     }
 }
@@ -101,8 +106,15 @@ pub enum AckMode {
     Immediate,
     /// After answering `false` this many times.
     AfterQueries(u32),
+    /// At the first query this long after the request arrived (an indexer's delay).
+    AfterDelay(std::time::Duration),
     /// Never: the indexers lost the data.
     Never,
+    /// Every `n`-th request (counting from the first accepted one, 1-based) is never
+    /// acknowledged; the others at the first query.
+    NeverEvery(u64),
+    /// Only the `n`-th request (1-based, as in `NeverEvery`) is never acknowledged.
+    NeverNth(u64),
 }
 
 /// One accepted envelope.
@@ -152,18 +164,36 @@ struct ReceiverState {
     events: Vec<ReceivedEvent>,
     requests: Vec<ReceivedRequest>,
     busy: usize,
+    ack_busy: usize,
     canned: VecDeque<(u16, String)>,
     unhealthy: bool,
     ack_mode: AckMode,
     channels: HashMap<String, AckChannel>,
     ack_queries: usize,
+    /// Envelopes accepted (also when not recorded).
+    event_count: u64,
+    /// Envelopes reported indexed to an ack query.
+    acked_events: u64,
+    /// Event requests accepted with indexer ack (for `NeverEvery`).
+    ack_requests: u64,
+}
+
+/// When an ack id is reported indexed.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// After answering `false` this many more times.
+    Queries(u32),
+    /// At the first query from this moment on.
+    At(std::time::Instant),
+    /// Never.
+    Never,
 }
 
 #[derive(Debug, Default)]
 struct AckChannel {
     next_id: u64,
-    /// Ack id → answers of `false` still due (`None`: forever).
-    pending: BTreeMap<u64, Option<u32>>,
+    /// Ack id → when it is reported indexed, and the request's envelope count.
+    pending: BTreeMap<u64, (Due, u64)>,
 }
 
 struct Running {
@@ -202,11 +232,15 @@ impl HecReceiver {
                     events: Vec::new(),
                     requests: Vec::new(),
                     busy: 0,
+                    ack_busy: 0,
                     canned: VecDeque::new(),
                     unhealthy: false,
                     ack_mode: AckMode::Immediate,
                     channels: HashMap::new(),
                     ack_queries: 0,
+                    event_count: 0,
+                    acked_events: 0,
+                    ack_requests: 0,
                 }),
             }),
             addr,
@@ -275,6 +309,12 @@ impl HecReceiver {
         lock(&self.shared).busy = requests;
     }
 
+    /// The next `queries` ack queries (with a valid token) get 503 code 9 "Server is busy";
+    /// the statuses they asked for are kept.
+    pub fn set_ack_busy(&self, queries: usize) {
+        lock(&self.shared).ack_busy = queries;
+    }
+
     /// The next event POST with a valid token gets this answer instead (queued in order).
     pub fn push_reply(&self, status: u16, body: &str) {
         lock(&self.shared)
@@ -295,6 +335,25 @@ impl HecReceiver {
     /// How many ack queries were answered.
     pub fn ack_queries(&self) -> usize {
         lock(&self.shared).ack_queries
+    }
+
+    /// How many envelopes were accepted (recorded or not).
+    pub fn event_count(&self) -> u64 {
+        lock(&self.shared).event_count
+    }
+
+    /// How many envelopes were reported indexed to an ack query.
+    pub fn acked_event_count(&self) -> u64 {
+        lock(&self.shared).acked_events
+    }
+
+    /// How many ack ids of any channel wait to be reported indexed.
+    pub fn pending_acks(&self) -> usize {
+        lock(&self.shared)
+            .channels
+            .values()
+            .map(|c| c.pending.len())
+            .sum()
     }
 
     fn serve(&mut self, listener: TcpListener) {
@@ -447,6 +506,14 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    if !shared.config.record {
+        return (
+            answer.0,
+            [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
+            answer.1,
+        )
+            .into_response();
+    }
     lock(&shared).requests.push(ReceivedRequest {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -632,27 +699,37 @@ fn event(shared: &Shared, uri: &axum::http::Uri, headers: &HeaderMap, body: &[u8
         Err(a) => return a,
     };
     let mut st = lock(shared);
+    let count = envelopes.len() as u64;
     let ack_id = match (&channel, config.indexer_ack) {
         (Some(c), true) => {
+            st.ack_requests += 1;
             let due = match st.ack_mode {
-                AckMode::Immediate => Some(0),
-                AckMode::AfterQueries(n) => Some(n),
-                AckMode::Never => None,
+                AckMode::Immediate => Due::Queries(0),
+                AckMode::AfterQueries(n) => Due::Queries(n),
+                AckMode::AfterDelay(d) => Due::At(std::time::Instant::now() + d),
+                AckMode::Never => Due::Never,
+                AckMode::NeverEvery(n) if n > 0 && st.ack_requests % n == 0 => Due::Never,
+                AckMode::NeverEvery(_) => Due::Queries(0),
+                AckMode::NeverNth(n) if st.ack_requests == n => Due::Never,
+                AckMode::NeverNth(_) => Due::Queries(0),
             };
             let ch = st.channels.entry(c.clone()).or_default();
             let id = ch.next_id;
             ch.next_id += 1;
-            ch.pending.insert(id, due);
+            ch.pending.insert(id, (due, count));
             Some(id)
         }
         _ => None,
     };
-    st.events
-        .extend(envelopes.into_iter().map(|envelope| ReceivedEvent {
-            envelope,
-            channel: channel.clone(),
-            ack_id,
-        }));
+    st.event_count += count;
+    if config.record {
+        st.events
+            .extend(envelopes.into_iter().map(|envelope| ReceivedEvent {
+                envelope,
+                channel: channel.clone(),
+                ack_id,
+            }));
+    }
     match ack_id {
         Some(id) => (
             StatusCode::OK,
@@ -785,24 +862,37 @@ fn ack(shared: &Shared, uri: &axum::http::Uri, headers: &HeaderMap, body: &[u8])
         return answer(StatusCode::BAD_REQUEST, "Invalid data format", 6);
     };
     let mut st = lock(shared);
+    if st.ack_busy > 0 {
+        st.ack_busy -= 1;
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "Server is busy", 9);
+    }
     st.ack_queries += 1;
+    let now = std::time::Instant::now();
+    let mut acked_events = 0;
     let ch = st.channels.entry(channel).or_default();
     let mut parts = Vec::new();
     for id in query.acks {
         let acked = match ch.pending.get_mut(&id) {
-            Some(Some(0)) => {
+            Some((Due::Queries(0), n)) => {
+                acked_events += *n;
                 // Splunk forgets a status once it was reported indexed.
                 ch.pending.remove(&id);
                 true
             }
-            Some(Some(n)) => {
+            Some((Due::At(t), n)) if *t <= now => {
+                acked_events += *n;
+                ch.pending.remove(&id);
+                true
+            }
+            Some((Due::Queries(n), _)) => {
                 *n -= 1;
                 false
             }
-            Some(None) | None => false,
+            Some((Due::At(_) | Due::Never, _)) | None => false,
         };
         parts.push(format!(r#""{id}":{acked}"#));
     }
+    st.acked_events += acked_events;
     (
         StatusCode::OK,
         format!(r#"{{"acks":{{{}}}}}"#, parts.join(",")),

@@ -203,7 +203,7 @@ async fn labels_handle_changes_a_running_sinks_tenant_labels() {
     let mut c = config(&r);
     c.options.index = Some(Template::parse("defender").unwrap());
     let s = sink(c);
-    let labels = s.labels();
+    let labels = s.labels().unwrap();
     assert_eq!(labels.sink(), s.name());
     type Job = (Vec<Event>, tokio::sync::oneshot::Sender<()>);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1);
@@ -832,7 +832,7 @@ client_secret = {{ env = "CONTOSO_SECRET" }}
         assert!(!c.indexer_ack.enabled);
         assert_eq!(c.batch.max_events, 500);
         let s = SplunkHecSink::new(c).unwrap();
-        assert_eq!(s.linger(), Duration::from_millis(1000));
+        assert_eq!(s.batch_limits().linger, Duration::from_millis(1000));
     }
 
     #[test]

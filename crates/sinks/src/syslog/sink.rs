@@ -7,7 +7,7 @@ use crate::cef::{self, CefOptions};
 use crate::error::SinkError;
 use crate::event::Event;
 use crate::jsonl;
-use crate::sink::{BatchLimits, Sink};
+use crate::sink::{BatchLimits, Receipt, Sink};
 use relay_config::{SyslogConfig, TlsConfig};
 pub use relay_config::{SyslogFormat as Format, SyslogTransport as TransportKind};
 use std::time::Duration;
@@ -238,10 +238,7 @@ impl SyslogSink {
             backoff_max: config.backoff_max,
         };
         Ok(SyslogSink {
-            limits: BatchLimits {
-                max_events: config.max_batch_events,
-                max_bytes: config.max_batch_bytes,
-            },
+            limits: BatchLimits::new(config.max_batch_events, config.max_batch_bytes),
             header,
             format: config.format,
             framing: config.framing,
@@ -359,7 +356,20 @@ impl Sink for SyslogSink {
         self.transport.ensure_connected().await
     }
 
-    async fn send(&mut self, batch: &[Event]) -> Result<(), SinkError> {
+    /// Delivered once this returns: there is no later confirmation to wait for.
+    async fn submit(&mut self, batch: &[Event]) -> Result<Receipt, SinkError> {
+        self.deliver(batch).await.map(|()| Receipt::Delivered)
+    }
+
+    /// Sends TLS `close_notify` and closes the connection; nothing is buffered in the sink.
+    async fn shutdown(&mut self) -> Result<(), SinkError> {
+        self.transport.close().await
+    }
+}
+
+impl SyslogSink {
+    /// The batch written, flushed or confirmed: what `submit` reports as delivered.
+    async fn deliver(&mut self, batch: &[Event]) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -380,11 +390,6 @@ impl Sink for SyslogSink {
             self.buf = buf;
         }
         result
-    }
-
-    /// Sends TLS `close_notify` and closes the connection; nothing is buffered in the sink.
-    async fn shutdown(&mut self) -> Result<(), SinkError> {
-        self.transport.close().await
     }
 }
 
