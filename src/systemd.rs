@@ -312,6 +312,7 @@ mod tests {
             tenants,
             feeds,
             sinks: Vec::new(),
+            engine: Default::default(),
         }
     }
 

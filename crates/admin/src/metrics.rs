@@ -28,6 +28,64 @@ pub fn render(
     )
     .sample(&[], unix(status.started_at));
 
+    // The engine's shared parts: requests in flight across all tenants, and the state
+    // store's commits (an idle poll must add commits but no synced commit).
+    let g = &status.engine;
+    for (name, kind, help, value) in [
+        (
+            "xdr_relay_api_requests_in_flight",
+            Gauge,
+            "API requests holding an admission slot now (on the wire, or their page not yet \
+             committed), across all tenants.",
+            g.requests_in_flight,
+        ),
+        (
+            "xdr_relay_api_request_limit",
+            Gauge,
+            "The adaptive limit of API requests in flight (grows while answers are prompt, cut \
+             on timeouts, 5xx and slow answers; ceiling [http] max_requests_in_flight).",
+            g.request_limit,
+        ),
+        (
+            "xdr_relay_api_requests_waiting",
+            Gauge,
+            "API requests waiting for an admission slot now.",
+            g.requests_waiting,
+        ),
+        (
+            "xdr_relay_api_request_limit_cuts_total",
+            Counter,
+            "Times the adaptive limit of API requests in flight was cut.",
+            g.request_limit_cuts,
+        ),
+        (
+            "xdr_relay_state_commits_total",
+            Counter,
+            "State-store transactions committed (a group commit of many writes counts once).",
+            g.state_commits,
+        ),
+        (
+            "xdr_relay_state_synced_commits_total",
+            Counter,
+            "State-store commits synced to disk before returning (rotated refresh tokens).",
+            g.state_synced_commits,
+        ),
+        (
+            "xdr_relay_state_segment_syncs_total",
+            Counter,
+            "Syncs of outbox segment files (one per commit that appended events).",
+            g.state_segment_syncs,
+        ),
+        (
+            "xdr_relay_state_writes_total",
+            Counter,
+            "Writes (poll commits, poll outcomes, acks, auth states) carried by group commits.",
+            g.state_grouped_writes,
+        ),
+    ] {
+        e.family(name, kind, help).sample(&[], value as f64);
+    }
+
     // Per (tenant, stream). A tenant reads each stream through one feed, so the pair is
     // unique and the feed name need not be a label.
     {
@@ -414,6 +472,16 @@ mod tests {
         }];
         s.feeds = vec![feed("contoso", true)];
         s.sinks = vec![sink("file")];
+        s.engine = relay_pipeline::EngineStats {
+            requests_in_flight: 3,
+            request_limit: 17,
+            requests_waiting: 2,
+            request_limit_cuts: 1,
+            state_commits: 40,
+            state_synced_commits: 1,
+            state_segment_syncs: 5,
+            state_grouped_writes: 120,
+        };
         let credentials = [Expiry {
             tenant: "contoso".into(),
             kind: CredentialKind::Certificate,
@@ -427,6 +495,30 @@ mod tests {
     const EXPECTED: &str = r#"# HELP xdr_relay_start_time_seconds When the relay was built, Unix seconds.
 # TYPE xdr_relay_start_time_seconds gauge
 xdr_relay_start_time_seconds 1777633200
+# HELP xdr_relay_api_requests_in_flight API requests holding an admission slot now (on the wire, or their page not yet committed), across all tenants.
+# TYPE xdr_relay_api_requests_in_flight gauge
+xdr_relay_api_requests_in_flight 3
+# HELP xdr_relay_api_request_limit The adaptive limit of API requests in flight (grows while answers are prompt, cut on timeouts, 5xx and slow answers; ceiling [http] max_requests_in_flight).
+# TYPE xdr_relay_api_request_limit gauge
+xdr_relay_api_request_limit 17
+# HELP xdr_relay_api_requests_waiting API requests waiting for an admission slot now.
+# TYPE xdr_relay_api_requests_waiting gauge
+xdr_relay_api_requests_waiting 2
+# HELP xdr_relay_api_request_limit_cuts_total Times the adaptive limit of API requests in flight was cut.
+# TYPE xdr_relay_api_request_limit_cuts_total counter
+xdr_relay_api_request_limit_cuts_total 1
+# HELP xdr_relay_state_commits_total State-store transactions committed (a group commit of many writes counts once).
+# TYPE xdr_relay_state_commits_total counter
+xdr_relay_state_commits_total 40
+# HELP xdr_relay_state_synced_commits_total State-store commits synced to disk before returning (rotated refresh tokens).
+# TYPE xdr_relay_state_synced_commits_total counter
+xdr_relay_state_synced_commits_total 1
+# HELP xdr_relay_state_segment_syncs_total Syncs of outbox segment files (one per commit that appended events).
+# TYPE xdr_relay_state_segment_syncs_total counter
+xdr_relay_state_segment_syncs_total 5
+# HELP xdr_relay_state_writes_total Writes (poll commits, poll outcomes, acks, auth states) carried by group commits.
+# TYPE xdr_relay_state_writes_total counter
+xdr_relay_state_writes_total 120
 # HELP xdr_relay_polls_total Polls that ran, by outcome (success or failure); skipped polls are not counted.
 # TYPE xdr_relay_polls_total counter
 xdr_relay_polls_total{tenant="contoso",stream="alerts",outcome="success"} 3

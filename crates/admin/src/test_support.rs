@@ -21,6 +21,7 @@ pub fn status() -> RelayStatus {
         tenants: Vec::new(),
         feeds: Vec::new(),
         sinks: Vec::new(),
+        engine: Default::default(),
     }
 }
 

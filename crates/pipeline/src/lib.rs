@@ -47,7 +47,7 @@ pub use normalize::normalize;
 pub use relay::{Relay, RelayOptions, RunReport};
 pub use reload::{ReloadHandle, ReloadReport};
 pub use status::{
-    ErrorCounts, FeedStats, LatencyHistogram, RelayStatus, SinkState, SinkStats, StatusHandle,
-    TenantStats, ACK_LATENCY_BOUNDS,
+    EngineStats, ErrorCounts, FeedStats, LatencyHistogram, RelayStatus, SinkState, SinkStats,
+    StatusHandle, TenantStats, ACK_LATENCY_BOUNDS,
 };
 pub use token_store::StateTokenStore;

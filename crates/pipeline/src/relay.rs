@@ -18,7 +18,7 @@ use crate::build::{http_client, sink, tenant_auth, tenant_plan, HttpPurpose};
 use crate::error::PipelineError;
 use crate::reload::{hec_overrides, Control, FeedSetup, Live, ReloadHandle, Spawner};
 use crate::sink_worker::{SinkRetry, SinkWorker, StopSignals};
-use crate::status::{SinkCell, StatusHandle};
+use crate::status::{EngineSources, SinkCell, StatusHandle};
 use crate::token_store::StateTokenStore;
 
 /// Knobs that are not operator configuration: how the binary, the demo and tests run the
@@ -169,6 +169,10 @@ impl Relay {
                 .collect(),
             sinks.iter().map(|(_, cell)| Arc::clone(cell)).collect(),
         );
+        status.attach_engine(EngineSources {
+            admission: Arc::clone(client.admission()),
+            state: Arc::clone(&state),
+        });
         let writes = State::start(Arc::clone(&state)).map_err(|source| PipelineError::State {
             context: "cannot start the state writer".into(),
             source: Box::new(source),

@@ -39,6 +39,37 @@ struct Shared {
     /// Counters of the feeds of tenants a reload removed, so the run's totals
     /// ([`RunReport`](crate::RunReport)) still count their work.
     retired: Mutex<Retired>,
+    /// The shared parts whose counters the engine figures come from; set once built.
+    engine: RwLock<Option<EngineSources>>,
+}
+
+/// Where [`EngineStats`] are read from.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineSources {
+    pub(crate) admission: Arc<relay_defender::Admission>,
+    pub(crate) state: Arc<relay_state::StateStore>,
+}
+
+/// How the engine's shared parts stand: the admission gate of API requests and the state
+/// store's commits. Zero before the relay is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct EngineStats {
+    /// API requests holding a slot now (on the wire, or their page not yet committed).
+    pub requests_in_flight: u64,
+    /// The adaptive limit of requests in flight.
+    pub request_limit: u64,
+    /// Requests waiting for a slot now.
+    pub requests_waiting: u64,
+    /// Times the limit was cut (timeouts, 5xx, slow answers).
+    pub request_limit_cuts: u64,
+    /// State-store transactions committed.
+    pub state_commits: u64,
+    /// Of those, synced to disk before returning (refresh tokens).
+    pub state_synced_commits: u64,
+    /// Syncs of outbox segment files.
+    pub state_segment_syncs: u64,
+    /// Writes carried by group commits.
+    pub state_grouped_writes: u64,
 }
 
 /// The summed counters of feeds no longer in the status.
@@ -64,7 +95,30 @@ impl StatusHandle {
                 feeds: RwLock::new(feeds),
                 sinks,
                 retired: Mutex::new(Retired::default()),
+                engine: RwLock::new(None),
             }),
+        }
+    }
+
+    pub(crate) fn attach_engine(&self, sources: EngineSources) {
+        *self.inner.engine.write() = Some(sources);
+    }
+
+    fn engine(&self) -> EngineStats {
+        let Some(src) = self.inner.engine.read().clone() else {
+            return EngineStats::default();
+        };
+        let a = src.admission.stats();
+        let st = src.state.stats();
+        EngineStats {
+            requests_in_flight: a.in_flight as u64,
+            request_limit: a.limit as u64,
+            requests_waiting: a.waiting as u64,
+            request_limit_cuts: a.decreases,
+            state_commits: st.commits,
+            state_synced_commits: st.durable_commits,
+            state_segment_syncs: st.segment_syncs,
+            state_grouped_writes: st.grouped_writes,
         }
     }
 
@@ -89,6 +143,7 @@ impl StatusHandle {
                 .map(|f| f.snapshot(now))
                 .collect(),
             sinks: self.inner.sinks.iter().map(|s| s.snapshot()).collect(),
+            engine: self.engine(),
         }
     }
 
@@ -132,6 +187,8 @@ pub struct RelayStatus {
     pub feeds: Vec<FeedStats>,
     /// Per sink, by name.
     pub sinks: Vec<SinkStats>,
+    /// The admission gate and the state store.
+    pub engine: EngineStats,
 }
 
 impl RelayStatus {
