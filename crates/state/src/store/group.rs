@@ -154,7 +154,10 @@ impl StateStore {
         for (job, done) in jobs.into_iter().zip(results) {
             match (job, done) {
                 (Job::Poll(write, reply), Done::Poll(r)) => {
-                    if let Ok(outcome) = &r {
+                    // Views are rebuilt only for the rare commit that filled an outbox.
+                    if let Some(outcome) =
+                        r.as_ref().ok().filter(|o| !o.sinks_over_limit.is_empty())
+                    {
                         let (seen, outbox) = borrowed(&write);
                         warn_over_limit(&as_commit(&write, &seen, &outbox), outcome);
                     }
