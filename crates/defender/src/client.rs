@@ -20,7 +20,7 @@ use crate::admission::{Admission, AdmissionLimits, Answer, HeldSlot, RequestClas
 use crate::error::DefenderError;
 use crate::pager::WindowPager;
 use crate::parse::{looks_like_html, parse_page, snippet, Page, ParseError};
-use crate::ratelimit::{ApiFamily, RateLimiter, RateLimits};
+use crate::ratelimit::{stated_quota, ApiFamily, RateLimiter, RateLimits};
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::token::{AccessToken, TokenProvider};
 
@@ -262,6 +262,16 @@ impl DefenderClient {
                 } => {
                     throttled += 1;
                     attempts -= 1;
+                    if let Some((limit, per)) = stated_quota(&detail) {
+                        if let Some(kept) =
+                            inner.limiter.learn(&tenant.tenant_id, family, limit, per)
+                        {
+                            warn!(url = %endpoint, api = family.as_str(),
+                                "the API states tenant {}'s quota as {limit} requests per {per:?}, \
+                                 lower than the relay kept to; keeping to {} per {per:?} from now on",
+                                tenant.name, kept.limit);
+                        }
+                    }
                     let wait = retry_after
                         .unwrap_or_else(|| self.backoff(throttled - 1).max(Duration::from_secs(1)));
                     inner.limiter.block(&tenant.tenant_id, family, wait);

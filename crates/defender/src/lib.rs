@@ -42,6 +42,8 @@ pub use client::{ClientOptions, DefenderClient, FeedPaging, TenantTarget};
 pub use error::DefenderError;
 pub use pager::{Item, PagerStats, WindowPager};
 pub use parse::{parse_page, ItemFields, Page, PageItem, ParseError};
-pub use ratelimit::{ApiFamily, Quota, RateLimiter, RateLimits, ThrottleCounter};
+pub use ratelimit::{
+    stated_quota, ApiFamily, Quota, QuotaHeadroom, RateLimiter, RateLimits, ThrottleCounter,
+};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use token::{AccessToken, BoxError, TokenError, TokenProvider};

@@ -195,7 +195,7 @@ impl WindowPager {
 
     /// The next batch of items, `None` once the window is exhausted. The batch keeps an
     /// admission slot until the next call (or until the pager is dropped), so commit its
-    /// items before asking for more. Items may repeat
+    /// items before asking for more; the call that answers `None` frees it. Items may repeat
     /// across batches (ties at split points); the caller dedups on (id, last update).
     /// After an error the pager keeps its place: calling again retries that page.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Item>>, DefenderError> {
@@ -216,6 +216,9 @@ impl WindowPager {
     async fn next_page_inner(&mut self) -> Result<Option<Vec<Item>>, DefenderError> {
         loop {
             let Some(cursor) = self.cursor.clone() else {
+                // The window is done: nothing of it is held any more, so neither is its
+                // slot (the caller may still be committing the window's end).
+                self.held = None;
                 return Ok(None);
             };
             let url = match &cursor.link {
