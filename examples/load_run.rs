@@ -149,6 +149,17 @@ fn status_mib(pid: u32, key: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Open TCP sockets of a process (its fds that are sockets; the daemon's only other
+/// sockets are the admin listener and the log pipe's peers, a handful).
+fn sockets(pid: u32) -> usize {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 /// Reads lines appended to the sink file since the last call; for each new version
 /// records when it was first seen.
 struct Tail {
@@ -408,6 +419,7 @@ async fn main() {
     let warmup = Duration::from_secs(2 * args.interval_secs + 10);
     let mut steady: Option<(Instant, f64, u64, u64)> = None;
     let mut rss_by_minute: Vec<f64> = Vec::new();
+    let mut peak_sockets = 0usize;
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tail.poll();
@@ -421,13 +433,17 @@ async fn main() {
             ));
             tail.latencies_ms.clear();
         }
+        if started.elapsed().as_secs() % 5 == 0 {
+            peak_sockets = peak_sockets.max(sockets(pid));
+        }
         let minute = started.elapsed().as_secs() / 60;
         if minute as usize > rss_by_minute.len() {
             let rss = status_mib(pid, "VmRSS:").unwrap_or(0.0);
             rss_by_minute.push(rss);
             println!(
-                "  minute {minute:>3}: RSS {rss:.1} MiB, CPU so far {:.1} s",
-                cpu_secs(pid).unwrap_or(0.0)
+                "  minute {minute:>3}: RSS {rss:.1} MiB, CPU so far {:.1} s, {} sockets open",
+                cpu_secs(pid).unwrap_or(0.0),
+                sockets(pid)
             );
         }
     }
@@ -486,6 +502,7 @@ async fn main() {
         "RSS: {rss_end:.0} MiB at the end, peak {peak:.0} MiB, {:.1} KiB per tenant",
         rss_end * 1024.0 / args.tenants as f64
     );
+    println!("sockets open at most (sampled every 5 s): {peak_sockets}");
     println!("429s over the whole run: {}", stats.throttled);
     let tokens = &stats.tokens;
     use relay_sim::entra::{GrantKind, Outcome};

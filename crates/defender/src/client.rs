@@ -479,6 +479,20 @@ fn classify(
                 detail: error_detail(body, is_html),
             },
         }),
+        s if s.is_redirection() => Err(Failure::Fatal(PendingError::Api {
+            status: s.as_u16(),
+            // Not followed: the list endpoints never redirect, and a bearer token must
+            // not follow one. Where it pointed is what the operator needs (a proxy or
+            // gateway in the way, a wrong `endpoints` override).
+            detail: match headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| Url::parse(l).ok())
+            {
+                Some(to) => format!("redirect to {} (not followed)", endpoint_of(&to)),
+                None => "redirect (not followed)".to_string(),
+            },
+        })),
         s => Err(Failure::Fatal(PendingError::Api {
             status: s.as_u16(),
             detail: error_detail(body, is_html),

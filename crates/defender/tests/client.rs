@@ -363,6 +363,30 @@ async fn expired_token_is_invalidated_and_replaced_once() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_an_error_naming_where_it_pointed() {
+    let mock = Mock::start(|_, _| {
+        Reply::json(302, "").with_header(
+            "Location",
+            "https://login.example.invalid/signin?token=secret-in-query",
+        )
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let c = DefenderClient::new(http, Arc::new(CountingTokens::default()), fast_options());
+    let err = one_page(&c, &mock, Feed::GraphAlerts).await.unwrap_err();
+    assert!(format!("{err:?}").contains("302"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("redirect to https://login.example.invalid/signin"),
+        "{err:?}"
+    );
+    assert!(!format!("{err:?}").contains("secret-in-query"), "{err:?}");
+    assert_eq!(mock.requests().len(), 1, "not retried");
+}
+
+#[tokio::test]
 async fn second_401_is_unauthorized() {
     let mock = Mock::start(|_, _| {
         Reply::json(
