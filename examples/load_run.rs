@@ -20,6 +20,8 @@
 //! request), RSS (peak, and per tenant), API requests/s against the feeds/interval needed
 //! to keep up, 429s, token requests, and p50/p99 of visible→written latency (a line's
 //! first sighting in the sink file minus the moment its version became visible).
+//! `--backlog-tenant N` gives the first tenant N incidents of history (the fairness run:
+//! the others' latency while it drains at its quota; its own lines are counted apart).
 //! `--max-rss-growth-pct P` makes it a soak: it exits 1 if RSS grew by more than P %
 //! between the end of minute `--rss-from-minute` (default 5) and the end of the run.
 //! Everything stays on 127.0.0.1.
@@ -50,6 +52,9 @@ struct Args {
     sinks: Vec<String>,
     max_rss_growth_pct: Option<f64>,
     rss_from_minute: u64,
+    /// Incidents of history for the first tenant alone (a customer onboarded with months
+    /// of it); the latency figures then leave that tenant out.
+    backlog_tenant: Option<usize>,
     binary: PathBuf,
 }
 
@@ -70,6 +75,7 @@ fn parse_args() -> Args {
         sinks: Vec::new(),
         max_rss_growth_pct: None,
         rss_from_minute: 5,
+        backlog_tenant: None,
         binary: PathBuf::from("target/release/xdr-relay"),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -91,6 +97,7 @@ fn parse_args() -> Args {
             "--changes-per-tenant-hour" => a.per_hour = Some(num(flag)),
             "--max-rss-growth-pct" => a.max_rss_growth_pct = Some(num(flag)),
             "--rss-from-minute" => a.rss_from_minute = num(flag) as u64,
+            "--backlog-tenant" => a.backlog_tenant = Some(num(flag) as usize),
             "--auth" => {
                 a.auth = match v.as_str() {
                     "secret" | "client_secret" => FilesAuth::ClientSecret,
@@ -168,6 +175,9 @@ struct Tail {
     latencies_ms: Vec<i64>,
     lines: u64,
     since: chrono::DateTime<chrono::Utc>,
+    /// With `--backlog-tenant`: its tenant id, its history lines written so far and when
+    /// the last one was.
+    backlog: Option<(String, u64, Option<Instant>)>,
 }
 
 impl Tail {
@@ -194,9 +204,20 @@ impl Tail {
             }
             self.offset += n as u64;
             self.lines += 1;
+            let version = version_time(&line);
+            if let Some((id, lines, last)) = &mut self.backlog {
+                if line.contains(&format!("\"tenant_id\":\"{id}\"")) {
+                    if version.is_some_and(|t| t < self.since) {
+                        *lines += 1;
+                        *last = Some(Instant::now());
+                    }
+                    line.clear();
+                    continue;
+                }
+            }
             // Only versions made while the relay runs: the simulator's backlog at start
             // has old version times that would read as hours of latency.
-            if let Some(t) = version_time(&line).filter(|t| *t >= self.since) {
+            if let Some(t) = version.filter(|t| *t >= self.since) {
                 let visible = t + chrono::Duration::from_std(LATE_VISIBILITY).unwrap_or_default();
                 self.latencies_ms.push((now - visible).num_milliseconds());
             }
@@ -312,6 +333,7 @@ async fn main() {
         activity_tick: Duration::from_secs(1),
         backlog: 5,
         backlog_span: Duration::from_secs(1_800),
+        backlog_of: args.backlog_tenant.map(|n| (0, n)).into_iter().collect(),
         ..SimConfig::default()
     })
     .await
@@ -410,6 +432,9 @@ async fn main() {
         latencies_ms: Vec::new(),
         lines: 0,
         since: chrono::Utc::now(),
+        backlog: args
+            .backlog_tenant
+            .map(|_| (sim.tenants()[0].tenant_id.clone(), 0, None)),
     };
     let started = Instant::now();
     let run_for = Duration::from_secs(args.minutes * 60);
@@ -513,10 +538,20 @@ async fn main() {
         tokens.total(GrantKind::RefreshToken, Outcome::Rejected)
             + tokens.total(GrantKind::ClientCredentials, Outcome::Rejected)
     );
+    if let Some((_, lines, last)) = &tail.backlog {
+        println!(
+            "backlog tenant: {lines} history versions written, the last {} into the run",
+            last.map_or("never".to_string(), |t| format!(
+                "{:.0} s",
+                t.duration_since(started).as_secs_f64()
+            ))
+        );
+    }
     let mut l = tail.latencies_ms.clone();
     l.sort_unstable();
     println!(
-        "visible->written latency (versions made during the run, {} of them): p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+        "visible->written latency (versions made during the run{}, {} of them): p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+        if tail.backlog.is_some() { ", other tenants" } else { "" },
         l.len(),
         percentile(&l, 0.5) as f64 / 1000.0,
         percentile(&l, 0.99) as f64 / 1000.0,

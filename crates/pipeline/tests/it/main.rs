@@ -11,6 +11,7 @@ mod delivery;
 mod failing_sink;
 mod fairness;
 mod http_proxy;
+mod idle;
 mod reload;
 mod restart;
 mod util;
