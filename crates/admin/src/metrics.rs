@@ -266,7 +266,7 @@ pub fn render(
             Counter,
             "Token requests to Entra ID per tenant and API audience, by outcome: ok (token \
              issued), failed (Entra or the network failing, or the credential refused), \
-             needs_consent (grant or consent gone, re-checks included). Tokens served from \
+             needs_consent (grant or consent gone, probes included). Tokens served from \
              the cache are not requests; an audience appears with its first request.",
         );
         for t in &status.tenants {
@@ -582,7 +582,7 @@ xdr_relay_auth_state{tenant="contoso",state="needs_consent"} 0
 xdr_relay_auth_state{tenant="contoso",state="failing"} 0
 # HELP xdr_relay_auth_next_probe_timestamp_seconds When the token endpoint is next asked for a tenant that needs consent or whose token requests fail, Unix seconds; polling resumes by itself once a probe gets a token. Absent while the tenant is ok.
 # TYPE xdr_relay_auth_next_probe_timestamp_seconds gauge
-# HELP xdr_relay_token_refreshes_total Token requests to Entra ID per tenant and API audience, by outcome: ok (token issued), failed (Entra or the network failing, or the credential refused), needs_consent (grant or consent gone, re-checks included). Tokens served from the cache are not requests; an audience appears with its first request.
+# HELP xdr_relay_token_refreshes_total Token requests to Entra ID per tenant and API audience, by outcome: ok (token issued), failed (Entra or the network failing, or the credential refused), needs_consent (grant or consent gone, probes included). Tokens served from the cache are not requests; an audience appears with its first request.
 # TYPE xdr_relay_token_refreshes_total counter
 xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="ok"} 3
 xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="failed"} 1

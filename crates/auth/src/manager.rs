@@ -248,7 +248,7 @@ pub struct RefreshCounts {
     /// still valid was kept when it could be.
     pub failed: u64,
     /// Entra said the grant or consent is gone ([`AuthState::NeedsConsent`]); this
-    /// includes the periodic re-checks that found it still gone.
+    /// includes the probes that found it still gone.
     pub needs_consent: u64,
 }
 
