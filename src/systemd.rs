@@ -435,6 +435,7 @@ mod tests {
         s.tenants[1].auth = Some(relay_state::AuthState::NeedsConsent {
             code: "AADSTS50173".into(),
             since: Utc::now(),
+            next_probe: None,
         });
         assert_eq!(
             status_line(

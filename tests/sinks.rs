@@ -24,6 +24,9 @@ mod util;
 #[path = "../crates/sinks/src/kafka/tansu.rs"]
 mod tansu;
 
+#[path = "sinks/crashloop.rs"]
+mod crashloop;
+
 use chrono::{DateTime, Utc};
 use relay_config::{Feed, Stream};
 use relay_sinks::cef::{severity_number, truncate_chars};
@@ -315,8 +318,14 @@ fn setup(seed: u64) -> Setup {
 /// The simulator, a configuration routing every tenant to all four sinks (tenant 0 with a
 /// HEC index override), and the receivers.
 async fn start(seed: u64) -> (Harness, Receivers) {
+    start_with(seed, |_| {}).await
+}
+
+/// [`start`] with the setup changed by `adjust` first.
+async fn start_with(seed: u64, adjust: impl FnOnce(&mut Setup)) -> (Harness, Receivers) {
     let rx = Receivers::start().await;
     let mut s = setup(seed);
+    adjust(&mut s);
     s.files.sinks_toml = rx.sinks_toml();
     s.files.tenant_sinks = ["file", "splunk", "arcsight", "bus"]
         .map(String::from)

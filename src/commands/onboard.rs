@@ -975,6 +975,7 @@ async fn app_credentials(plan: &Plan, probe: &Probe) -> Step<()> {
         client_id: plan.client_id.clone(),
         credential,
         token_version: TokenVersion::V2,
+        probe: relay_auth::ProbeBackoff::NONE,
     });
     probe
         .tokens(&plan.name, &plan.feeds, CONSENT_PROPAGATION, |e| {

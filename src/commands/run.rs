@@ -27,11 +27,18 @@ pub struct Args {
     pub watchdog_stall_secs: Option<u64>,
 }
 
+/// Exit status of `run` when the state's storage failed while running (the disk full, an
+/// I/O error writing or syncing the state file or an outbox segment): `EX_IOERR` of
+/// sysexits.h. systemd does not restart on it (the unit's `RestartPreventExitStatus`),
+/// since a restart would only hit the full or failing disk again.
+pub const EXIT_STORAGE: u8 = 74;
+
 /// Loads the configuration, opens the state store, runs until SIGTERM/SIGINT, drains.
 ///
 /// Exit status: 0 after a clean shutdown; 2 when the configuration, the state file or
 /// its key is unusable, or another instance holds the state's lock (nothing was started);
-/// 1 on a failure while running.
+/// [`EXIT_STORAGE`] (74) when the state's disk filled up or failed; 1 on another failure
+/// while running.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = super::process_env();
     let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
@@ -97,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let shutdown = CancellationToken::new();
         spawn_reloader(&args.config, relay.reload_handle(), shutdown.clone());
+        let storage_failure = watch_storage(&state, shutdown.clone());
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
             super::shutdown_signal().await;
@@ -148,6 +156,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::systemd::notify_ready(&relay.status().snapshot());
         let result = relay.run(shutdown).await;
         admin.stop().await;
+        if let Some(cause) = storage_failure.borrow().clone() {
+            tracing::error!(
+                error = %cause,
+                "xdr-relay stopped: the state storage failed; what was committed is kept and \
+                 a restart resumes from it once the disk has room (or is replaced)"
+            );
+            eprintln!("xdr-relay: error: the state storage failed: {cause}");
+            return Ok(ExitCode::from(EXIT_STORAGE));
+        }
         let report = result.context("the relay failed")?;
         tracing::info!(
             polls = report.polls,
@@ -159,6 +176,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Stops the relay at the state store's first storage failure: no poll can be kept, so
+/// none is made, and nothing is acknowledged that could not be recorded. The receiver
+/// holds the failure for the exit.
+fn watch_storage(
+    state: &relay_state::StateStore,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let failure = state.storage_failure();
+    let mut watched = failure.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            failed = watched.wait_for(Option::is_some) => {
+                if failed.is_ok() {
+                    tracing::error!("state storage failed: stopping polls and sinks");
+                    crate::systemd::notify_stopping();
+                    shutdown.cancel();
+                }
+            }
+        }
+    });
+    failure
 }
 
 /// SIGHUP (`systemctl reload`): re-reads relay.toml and tenants.d and hands the result to

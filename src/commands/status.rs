@@ -169,13 +169,35 @@ fn auth_text(auth: Option<&AuthState>, tenant: &str) -> String {
     match auth {
         None => "unknown (no token requested yet)".to_string(),
         Some(AuthState::Ok { since }) => format!("ok since {}", time(Some(*since))),
-        Some(AuthState::NeedsConsent { code, since }) => format!(
-            "NEEDS CONSENT ({code}) since {}; fix: xdr-relay onboard --name {tenant} ...",
-            time(Some(*since))
+        Some(AuthState::NeedsConsent {
+            code,
+            since,
+            next_probe,
+        }) => format!(
+            "NEEDS CONSENT ({code}) since {}{}; fix: the customer's administrator grants \
+             consent again, or xdr-relay onboard --name {tenant} ... (polling resumes by itself)",
+            time(Some(*since)),
+            probe_text(*next_probe)
         ),
-        Some(AuthState::Failing { error, since }) => {
-            format!("failing since {}: {error}", time(Some(*since)))
+        Some(AuthState::Failing {
+            error,
+            since,
+            next_probe,
+        }) => {
+            format!(
+                "failing since {}{}: {error}",
+                time(Some(*since)),
+                probe_text(*next_probe)
+            )
         }
+    }
+}
+
+/// `, next probe 2026-01-01 10:00:00` (UTC), or nothing when none was recorded.
+fn probe_text(next_probe: Option<DateTime<Utc>>) -> String {
+    match next_probe {
+        Some(at) => format!(", next probe {}", time(Some(at))),
+        None => String::new(),
     }
 }
 

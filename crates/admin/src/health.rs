@@ -358,7 +358,7 @@ impl TenantCredentials {
                     .push(self.warning(Finding::Expiring { kind, expires_at }));
             }
         }
-        if let Some(AuthState::NeedsConsent { code, since }) = &s.auth {
+        if let Some(AuthState::NeedsConsent { code, since, .. }) = &s.auth {
             report.warnings.push(self.warning(Finding::ConsentRevoked {
                 code: code.clone(),
                 since: *since,
@@ -742,6 +742,7 @@ mod tests {
                 auth: Some(AuthState::NeedsConsent {
                     code: "AADSTS65001".into(),
                     since,
+                    next_probe: None,
                 }),
             },
         )];

@@ -278,11 +278,30 @@ pub fn render(
     }
     {
         let mut f = e.family(
+            "xdr_relay_auth_next_probe_timestamp_seconds",
+            Gauge,
+            "When the token endpoint is next asked for a tenant that needs consent or whose \
+             token requests fail, Unix seconds; polling resumes by itself once a probe gets a \
+             token. Absent while the tenant is ok.",
+        );
+        for t in &status.tenants {
+            let next = match &t.auth {
+                Some(AuthState::NeedsConsent { next_probe, .. })
+                | Some(AuthState::Failing { next_probe, .. }) => *next_probe,
+                _ => None,
+            };
+            if let Some(at) = next {
+                f.sample(&[("tenant", t.name.as_str())], unix(at));
+            }
+        }
+    }
+    {
+        let mut f = e.family(
             "xdr_relay_token_refreshes_total",
             Counter,
             "Token requests to Entra ID per tenant and API audience, by outcome: ok (token \
              issued), failed (Entra or the network failing, or the credential refused), \
-             needs_consent (grant or consent gone, re-checks included). Tokens served from \
+             needs_consent (grant or consent gone, probes included). Tokens served from \
              the cache are not requests; an audience appears with its first request.",
         );
         for t in &status.tenants {
@@ -619,7 +638,9 @@ xdr_relay_poll_interval_seconds{tenant="contoso",stream="alerts"} 60
 xdr_relay_auth_state{tenant="contoso",state="ok"} 1
 xdr_relay_auth_state{tenant="contoso",state="needs_consent"} 0
 xdr_relay_auth_state{tenant="contoso",state="failing"} 0
-# HELP xdr_relay_token_refreshes_total Token requests to Entra ID per tenant and API audience, by outcome: ok (token issued), failed (Entra or the network failing, or the credential refused), needs_consent (grant or consent gone, re-checks included). Tokens served from the cache are not requests; an audience appears with its first request.
+# HELP xdr_relay_auth_next_probe_timestamp_seconds When the token endpoint is next asked for a tenant that needs consent or whose token requests fail, Unix seconds; polling resumes by itself once a probe gets a token. Absent while the tenant is ok.
+# TYPE xdr_relay_auth_next_probe_timestamp_seconds gauge
+# HELP xdr_relay_token_refreshes_total Token requests to Entra ID per tenant and API audience, by outcome: ok (token issued), failed (Entra or the network failing, or the credential refused), needs_consent (grant or consent gone, probes included). Tokens served from the cache are not requests; an audience appears with its first request.
 # TYPE xdr_relay_token_refreshes_total counter
 xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="ok"} 3
 xdr_relay_token_refreshes_total{tenant="contoso",audience="graph",outcome="failed"} 1
@@ -723,6 +744,37 @@ xdr_relay_sink_state{sink="file",state="finished"} 0
         ] {
             assert!(text.contains(present), "no {present} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_tenant_without_tokens_shows_its_state_and_next_probe() {
+        let mut s = status();
+        let since = Utc::now();
+        let next = DateTime::from_timestamp(1_777_636_855, 0).unwrap();
+        s.tenants = vec![TenantStats {
+            name: "contoso".into(),
+            tenant_id: "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6c".into(),
+            auth: Some(AuthState::NeedsConsent {
+                code: "AADSTS65001".into(),
+                since,
+                next_probe: Some(next),
+            }),
+            token_refreshes: Vec::new(),
+        }];
+        let text = render(&s, &[], &BTreeMap::new());
+        for present in [
+            "xdr_relay_auth_state{tenant=\"contoso\",state=\"needs_consent\"} 1\n",
+            "xdr_relay_auth_state{tenant=\"contoso\",state=\"ok\"} 0\n",
+            "xdr_relay_auth_next_probe_timestamp_seconds{tenant=\"contoso\"} 1777636855\n",
+        ] {
+            assert!(text.contains(present), "no {present} in:\n{text}");
+        }
+        s.tenants[0].auth = Some(AuthState::Ok { since });
+        let text = render(&s, &[], &BTreeMap::new());
+        assert!(
+            !text.contains("xdr_relay_auth_next_probe_timestamp_seconds{"),
+            "{text}"
+        );
     }
 
     /// Every string under `key` anywhere in `v`.

@@ -174,7 +174,7 @@ pub enum AuthError {
     /// The tenant's grant or consent is gone (revoked or expired refresh token, app not
     /// consented in the tenant). Retrying does not help: an administrator must consent again
     /// or re-onboard. Until then the manager answers this without network traffic, except
-    /// for one re-check per recheck interval.
+    /// for one probe at a time on the tenant's [`ProbeBackoff`](crate::ProbeBackoff).
     #[error(
         "tenant {tenant}: consent or grant no longer valid ({error}); an administrator must re-consent or re-onboard the tenant"
     )]

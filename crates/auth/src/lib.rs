@@ -6,7 +6,9 @@
 //! client assertion) — over the v1 or v2 endpoint. It refreshes ahead of expiry, keeps one
 //! request in flight per (tenant, audience), saves every rotated refresh token through a
 //! [`RefreshTokenStore`] before using what came with it, and marks a tenant whose grant or
-//! consent is gone as [`AuthState::NeedsConsent`] instead of retrying it in a loop.
+//! consent is gone as [`AuthState::NeedsConsent`] instead of retrying it in a loop, and
+//! probes it (and a tenant whose token endpoint is down) on a [`ProbeBackoff`] until tokens
+//! are issued again.
 //!
 //! [`interactive`] holds the one-time flows that onboarding (`xdr-relay onboard`) runs to get
 //! a tenant's refresh token or admin consent: authorization code with PKCE, device code,
@@ -33,7 +35,7 @@ mod timing;
 
 pub use error::{AuthError, EntraError, FailureKind, OAuthError, StoreError};
 pub use manager::{
-    AccessToken, AuthState, Credential, ManagerOptions, RefreshCounts, TenantAuth, TokenManager,
-    TokenStatus, TokenVersion,
+    AccessToken, AuthState, Credential, ManagerOptions, ProbeBackoff, RefreshCounts, TenantAuth,
+    TokenManager, TokenStatus, TokenVersion,
 };
 pub use store::{MemoryStore, RefreshTokenStore};

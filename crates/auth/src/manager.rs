@@ -4,7 +4,7 @@
 
 use crate::assertion::AssertionSigner;
 use crate::entra::{classify, EntraErrorBody, EntraHttp, EntraTokenResponse, HttpFailure, Verdict};
-use crate::error::{AuthError, EntraError, FailureKind};
+use crate::error::{AuthError, EntraError, FailureKind, OAuthError};
 use crate::store::RefreshTokenStore;
 use crate::timing::{refresh_after, retry_at, LIFETIME_IF_UNSAID};
 use chrono::{DateTime, Utc};
@@ -109,6 +109,48 @@ pub struct TenantAuth {
     pub credential: Credential,
     /// v1 or v2 token endpoint.
     pub token_version: TokenVersion,
+    /// How the token endpoint is probed while the tenant's token requests fail.
+    pub probe: ProbeBackoff,
+}
+
+/// How a tenant whose token requests fail (consent gone, credential refused, token
+/// endpoint down) is asked again: after `first`, then twice as long after each failed
+/// probe, at most `max` apart. Between probes its token requests are answered from memory,
+/// so thousands of broken tenants cost Entra nothing and the log nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeBackoff {
+    /// The wait after the first failure (default 1 min).
+    pub first: Duration,
+    /// The longest wait between probes (default 30 min).
+    pub max: Duration,
+}
+
+impl Default for ProbeBackoff {
+    fn default() -> Self {
+        ProbeBackoff {
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl ProbeBackoff {
+    /// No wait: every token request goes to Entra. For one-shot tools (onboarding asks
+    /// while consent propagates) and tests.
+    pub const NONE: ProbeBackoff = ProbeBackoff {
+        first: Duration::ZERO,
+        max: Duration::ZERO,
+    };
+
+    /// The wait after a failure, given the wait before it (`None`: the first failure).
+    pub fn next(&self, previous: Option<Duration>) -> Duration {
+        match previous {
+            None => self.first.min(self.max),
+            Some(d) => d
+                .saturating_mul(2)
+                .clamp(self.first.min(self.max), self.max),
+        }
+    }
 }
 
 impl TenantAuth {
@@ -137,9 +179,6 @@ pub struct ManagerOptions {
     /// ... or this long before it expires (default 5 min), whichever comes first; never in
     /// the first half of the lifetime.
     pub refresh_margin: Duration,
-    /// How long a tenant that needs consent is answered from memory before one token request
-    /// checks whether consent was granted again (default 15 min).
-    pub consent_recheck: Duration,
     /// Upper bound for one token request (default 30 s).
     pub request_timeout: Duration,
 }
@@ -149,7 +188,6 @@ impl Default for ManagerOptions {
         ManagerOptions {
             refresh_fraction: 0.8,
             refresh_margin: Duration::from_secs(300),
-            consent_recheck: Duration::from_secs(15 * 60),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -164,19 +202,25 @@ pub enum AuthState {
         tokens: Vec<TokenStatus>,
     },
     /// The grant or consent is gone; an administrator must act. No token requests are made
-    /// except one re-check per recheck interval.
+    /// except one probe at `next_probe` (see [`ProbeBackoff`]); the first that gets a token
+    /// ends this state.
     NeedsConsent {
         /// The Entra error (its `error` value and AADSTS code; no description text).
         error: EntraError,
         /// When the tenant entered this state.
         since: DateTime<Utc>,
+        /// When the token endpoint is asked again.
+        next_probe: DateTime<Utc>,
     },
-    /// Token requests have been failing since `since`.
+    /// Token requests have been failing since `since`. While no cached token is still
+    /// valid, none are made except one probe at `next_probe`.
     Failing {
         /// The last failure.
         kind: FailureKind,
         /// When the current run of failures began.
         since: DateTime<Utc>,
+        /// When the token endpoint is asked again.
+        next_probe: DateTime<Utc>,
     },
 }
 
@@ -204,7 +248,7 @@ pub struct RefreshCounts {
     /// still valid was kept when it could be.
     pub failed: u64,
     /// Entra said the grant or consent is gone ([`AuthState::NeedsConsent`]); this
-    /// includes the periodic re-checks that found it still gone.
+    /// includes the probes that found it still gone.
     pub needs_consent: u64,
 }
 
@@ -242,9 +286,12 @@ type RefreshTally = Arc<Mutex<BTreeMap<Audience, RefreshCounts>>>;
 /// - Refresh-token grants of one tenant are serialized (one current refresh token is shared
 ///   by all audiences), and a rotated refresh token is saved to the [`RefreshTokenStore`]
 ///   before the access token that came with it is handed out.
-/// - A tenant whose grant or consent is gone goes to [`AuthState::NeedsConsent`] and is
-///   answered without network traffic until it is re-registered with a different
-///   [`TenantAuth`] or the recheck interval passes. Other tenants are not affected: no lock
+/// - A tenant whose grant or consent is gone goes to [`AuthState::NeedsConsent`], one whose
+///   requests fail otherwise to [`AuthState::Failing`]; either is answered without network
+///   traffic (unless a cached token is still valid) until it is re-registered with a
+///   different [`TenantAuth`] or its next probe is due ([`ProbeBackoff`]). Entering and
+///   leaving either state is logged once (ERROR or WARN, then INFO with how long it
+///   lasted); the probes in between only at DEBUG. Other tenants are not affected: no lock
 ///   shared between tenants is held across a network call.
 #[derive(Clone)]
 pub struct TokenManager {
@@ -298,12 +345,60 @@ enum Health {
     NeedsConsent {
         error: EntraError,
         since: DateTime<Utc>,
-        recheck_at: Instant,
+        began: Instant,
+        probe: Probe,
     },
     Failing {
         kind: FailureKind,
+        /// Whether retrying can help (the last failure was transient).
+        transient: bool,
         since: DateTime<Utc>,
+        began: Instant,
+        probe: Probe,
     },
+}
+
+/// When a tenant that is not [`Health::Ok`] is asked again, and the wait that led there
+/// (the next one doubles it).
+#[derive(Clone, Copy)]
+struct Probe {
+    at: Instant,
+    at_utc: DateTime<Utc>,
+    delay: Duration,
+}
+
+impl Probe {
+    fn after(now: Instant, delay: Duration) -> Probe {
+        Probe {
+            at: now + delay,
+            at_utc: Utc::now()
+                + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()),
+            delay,
+        }
+    }
+}
+
+impl Health {
+    fn probe(&self) -> Option<&Probe> {
+        match self {
+            Health::Ok => None,
+            Health::NeedsConsent { probe, .. } | Health::Failing { probe, .. } => Some(probe),
+        }
+    }
+
+    fn probe_mut(&mut self) -> Option<&mut Probe> {
+        match self {
+            Health::Ok => None,
+            Health::NeedsConsent { probe, .. } | Health::Failing { probe, .. } => Some(probe),
+        }
+    }
+
+    fn began(&self) -> Option<Instant> {
+        match self {
+            Health::Ok => None,
+            Health::NeedsConsent { began, .. } | Health::Failing { began, .. } => Some(*began),
+        }
+    }
 }
 
 impl fmt::Debug for TokenManager {
@@ -383,22 +478,17 @@ impl TokenManager {
         let mut rx = {
             let mut st = t.state.lock();
             let now = Instant::now();
-            if let Health::NeedsConsent {
-                error,
-                since,
-                recheck_at,
-            } = &mut st.health
-            {
-                if now < *recheck_at {
-                    return Err(AuthError::NeedsConsent {
-                        tenant: tenant.to_string(),
-                        error: error.clone(),
-                        since: *since,
-                    });
+            // A failing tenant with a token still valid keeps using it (and retries on the
+            // token's own schedule); without one, only the due probe goes to Entra.
+            let usable = st
+                .slots
+                .get(&audience)
+                .and_then(|s| s.cached.as_ref())
+                .is_some_and(|c| now < c.token.expires_at);
+            if !usable {
+                if let Some(err) = self.wait_for_probe(&t, &mut st.health, now) {
+                    return Err(err);
                 }
-                // This caller gets the one re-check; everyone else keeps failing fast.
-                *recheck_at = now + self.inner.opts.consent_recheck;
-                info!(tenant = %tenant, %audience, "re-checking a tenant that needs consent");
             }
             let slot = st.slots.entry(audience).or_default();
             if let Some(c) = &slot.cached {
@@ -437,6 +527,55 @@ impl TokenManager {
                 source: None,
             })
         })
+    }
+
+    /// `None` when a token request may go out now: the tenant is healthy, or its probe is
+    /// due (then this caller makes it, and the probe is pushed back so that everyone else
+    /// keeps failing fast meanwhile); otherwise the error to answer from memory.
+    fn wait_for_probe(&self, t: &Tenant, health: &mut Health, now: Instant) -> Option<AuthError> {
+        let tenant = &t.auth.name;
+        let refused = match health {
+            Health::Ok => return None,
+            Health::NeedsConsent { error, since, .. } => AuthError::NeedsConsent {
+                tenant: tenant.clone(),
+                error: error.clone(),
+                since: *since,
+            },
+            Health::Failing {
+                kind,
+                transient: true,
+                probe,
+                ..
+            } => AuthError::Transient {
+                tenant: tenant.clone(),
+                url: t.url_for_errors(),
+                kind: kind.clone(),
+                retry_after: Some(probe.at.saturating_duration_since(now)),
+                source: None,
+            },
+            Health::Failing { kind, .. } => AuthError::Rejected {
+                tenant: tenant.clone(),
+                url: t.url_for_errors(),
+                kind: kind.clone(),
+            },
+        };
+        let probe = health.probe_mut()?;
+        if now < probe.at {
+            return Some(refused);
+        }
+        // The probe's own outcome sets the real next one.
+        *probe = Probe::after(now, probe.delay);
+        debug!(tenant = %tenant, "probing the token endpoint of a failing tenant");
+        None
+    }
+
+    /// When the token endpoint is next asked for `tenant`, if its token requests are failing
+    /// (`None` when it is healthy or unknown). A poller waiting for the tenant to recover
+    /// comes back then.
+    pub fn next_probe(&self, tenant: &str) -> Option<Instant> {
+        let t = self.inner.tenants.read().get(tenant).cloned()?;
+        let st = t.state.lock();
+        st.health.probe().map(|p| p.at)
     }
 
     /// Drops `rejected` from the cache after an API answered 401 with it, so the next
@@ -487,13 +626,22 @@ impl TokenManager {
                 tokens.sort_by_key(|s| s.audience);
                 AuthState::Ok { tokens }
             }
-            Health::NeedsConsent { error, since, .. } => AuthState::NeedsConsent {
+            Health::NeedsConsent {
+                error,
+                since,
+                probe,
+                ..
+            } => AuthState::NeedsConsent {
                 error: error.clone(),
                 since: *since,
+                next_probe: probe.at_utc,
             },
-            Health::Failing { kind, since } => AuthState::Failing {
+            Health::Failing {
+                kind, since, probe, ..
+            } => AuthState::Failing {
                 kind: kind.clone(),
                 since: *since,
+                next_probe: probe.at_utc,
             },
         })
     }
@@ -766,15 +914,13 @@ async fn refresh(
         let now = Instant::now();
         let result = match outcome {
             Ok(cached) => {
-                if !matches!(st.health, Health::Ok) {
-                    info!("token requests succeed again");
-                }
+                log_recovery(&t.auth.name, &st.health, now);
                 st.health = Health::Ok;
                 let token = cached.token.clone();
                 st.slots.entry(audience).or_default().cached = Some(cached);
                 Ok(token)
             }
-            Err(err) => record_failure(&mut st, err, now, &inner.opts, audience),
+            Err(err) => record_failure(&mut st, err, now, &t.auth.probe, audience),
         };
         if let Some(slot) = st.slots.get_mut(&audience) {
             slot.inflight = None;
@@ -784,35 +930,114 @@ async fn refresh(
     tx.send_replace(Some(result));
 }
 
+/// Says once that a tenant which was not healthy gets tokens again, and for how long it
+/// did not.
+fn log_recovery(tenant: &str, health: &Health, now: Instant) {
+    let Some(began) = health.began() else { return };
+    let lasted = humantime_secs(now.saturating_duration_since(began));
+    match health {
+        Health::NeedsConsent { error, .. } => info!(
+            tenant = %tenant,
+            lasted_secs = now.saturating_duration_since(began).as_secs(),
+            "tenant {tenant} has consent again ({} was lifted after {lasted}): tokens are \
+             issued and polling resumes from its checkpoint",
+            error_code(error)
+        ),
+        _ => info!(
+            tenant = %tenant,
+            lasted_secs = now.saturating_duration_since(began).as_secs(),
+            "tenant {tenant}: token requests succeed again after failing for {lasted}; \
+             polling resumes from its checkpoint"
+        ),
+    }
+}
+
+/// `AADSTS65001`, or the OAuth error when Entra gave no code.
+fn error_code(error: &EntraError) -> String {
+    match error.code {
+        Some(code) => format!("AADSTS{code}"),
+        None => error.error.as_str().to_owned(),
+    }
+}
+
+/// What the operator should do about a tenant whose grant or consent is gone.
+fn consent_advice(tenant: &str, error: &EntraError) -> String {
+    match error.error {
+        // A delegated grant: the refresh token (or the session behind it) was revoked.
+        OAuthError::InvalidGrant => format!(
+            "the refresh token was revoked or expired (sign-out, password reset, consent \
+             withdrawn); run `xdr-relay onboard --name {tenant}` to sign in again, or have the \
+             customer's administrator grant consent again"
+        ),
+        _ => "the customer's Global Administrator must grant admin consent to the app again \
+              (the onboarding consent link)"
+            .to_owned(),
+    }
+}
+
+/// `90s`, `12m30s`, `2h5m`: short enough for a log line.
+fn humantime_secs(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Updates the tenant's health after a failed request and decides what the waiters get:
 /// the error, or the previous token if the failure is transient and it is still valid.
+/// Entering a failing state is logged (ERROR when an operator must act, WARN otherwise);
+/// a failed probe of a tenant already failing only at DEBUG, with the next probe.
 fn record_failure(
     st: &mut TenantState,
     err: AuthError,
     now: Instant,
-    opts: &ManagerOptions,
+    backoff: &ProbeBackoff,
     audience: Audience,
 ) -> Result<AccessToken, AuthError> {
+    let previous = st.health.probe().map(|p| p.delay);
+    let mut delay = backoff.next(previous);
+    if let Some(asked) = err.retry_after() {
+        delay = delay.max(asked.min(backoff.max));
+    }
+    let probe = Probe::after(now, delay);
+
     if let AuthError::NeedsConsent {
         tenant,
         error,
         since,
     } = err
     {
-        let since = match &st.health {
-            Health::NeedsConsent { since, .. } => *since,
+        let (since, began) = match &st.health {
+            Health::NeedsConsent { since, began, .. } => {
+                debug!(next_probe_in = ?delay, "tenant still needs consent");
+                (*since, *began)
+            }
             _ => {
-                error!(%error, "tenant needs consent or re-onboarding; its token requests stop");
-                since
+                error!(
+                    tenant = %tenant,
+                    code = %error_code(&error),
+                    %error,
+                    "tenant {tenant} needs consent ({}): {}. Its polling is suspended (nothing \
+                     is skipped: it resumes from the checkpoint); the token endpoint is probed \
+                     in {:?}, then at doubling intervals up to {:?}",
+                    error_code(&error),
+                    consent_advice(&tenant, &error),
+                    delay,
+                    backoff.max,
+                );
+                (since, now)
             }
         };
         st.health = Health::NeedsConsent {
             error: error.clone(),
             since,
-            recheck_at: now + opts.consent_recheck,
+            began,
+            probe,
         };
         // The customer withdrew access: stop using tokens issued before, and make the
-        // recheck go to Entra rather than find a cached token.
+        // probe go to Entra rather than find a cached token.
         for slot in st.slots.values_mut() {
             slot.cached = None;
         }
@@ -823,38 +1048,78 @@ fn record_failure(
         });
     }
 
-    match &st.health {
-        // A re-check that failed for another reason says nothing new about consent.
-        Health::NeedsConsent { .. } if err.is_transient() => {}
-        Health::Failing { since, .. } => {
-            st.health = Health::Failing {
-                kind: err.kind(),
-                since: *since,
-            };
+    let transient = err.is_transient();
+    let served = if transient {
+        st.slots
+            .get_mut(&audience)
+            .and_then(|s| s.cached.as_mut())
+            .filter(|c| now < c.token.expires_at)
+            .map(|cached| {
+                cached.refresh_at = retry_at(now, cached.token.expires_at, err.retry_after());
+                cached.token.clone()
+            })
+    } else {
+        None
+    };
+    match &mut st.health {
+        // A probe that failed for another reason says nothing new about consent; the next
+        // one still backs off.
+        Health::NeedsConsent { probe: p, .. } if transient => {
+            debug!(error = %err, next_probe_in = ?delay, "probe of a tenant that needs consent failed");
+            *p = probe;
+        }
+        Health::Failing {
+            kind,
+            transient: was,
+            probe: p,
+            ..
+        } => {
+            debug!(error = %err, next_probe_in = ?delay, "token request still failing");
+            *kind = err.kind();
+            *was = transient;
+            *p = probe;
         }
         _ => {
+            let tenant = err.tenant().to_owned();
+            if served.is_some() {
+                warn!(
+                    tenant = %tenant,
+                    error = %err,
+                    "token refresh failed; still using the current token while it is valid, \
+                     retrying before it expires"
+                );
+            } else if transient {
+                warn!(
+                    tenant = %tenant,
+                    error = %err,
+                    "token requests of tenant {tenant} are failing; its polls wait and the \
+                     token endpoint is probed in {delay:?}, then at doubling intervals up to \
+                     {:?}",
+                    backoff.max
+                );
+            } else {
+                error!(
+                    tenant = %tenant,
+                    error = %err,
+                    "token request of tenant {tenant} rejected: fix its credential in its \
+                     tenant file (or re-onboard it); probed again in {delay:?}, then at \
+                     doubling intervals up to {:?}",
+                    backoff.max
+                );
+            }
             st.health = Health::Failing {
                 kind: err.kind(),
+                transient,
                 since: Utc::now(),
+                began: now,
+                probe,
             };
         }
     }
-
-    if err.is_transient() {
-        if let Some(cached) = st.slots.get_mut(&audience).and_then(|s| s.cached.as_mut()) {
-            if now < cached.token.expires_at {
-                cached.refresh_at = retry_at(now, cached.token.expires_at, err.retry_after());
-                warn!(error = %err, "token refresh failed; still using the current token");
-                return Ok(cached.token.clone());
-            }
-        }
+    match served {
+        Some(token) => Ok(token),
+        None => Err(err),
     }
-    if err.is_transient() {
-        warn!(error = %err, "token request failed");
-    } else {
-        error!(error = %err, "token request rejected");
-    }
-    Err(err)
 }
 
 impl Tenant {
@@ -906,7 +1171,50 @@ mod tests {
                 secret: Secret::new("s"),
             },
             token_version: version,
+            probe: ProbeBackoff::default(),
         }
+    }
+
+    #[test]
+    fn probes_double_from_first_to_max() {
+        let b = ProbeBackoff::default();
+        let mut waits = Vec::new();
+        let mut last = None;
+        for _ in 0..8 {
+            let d = b.next(last);
+            waits.push(d.as_secs());
+            last = Some(d);
+        }
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1800, 1800, 1800]);
+        assert_eq!(ProbeBackoff::NONE.next(None), Duration::ZERO);
+        assert_eq!(
+            ProbeBackoff::NONE.next(Some(Duration::ZERO)),
+            Duration::ZERO
+        );
+        // A shorter configuration applied to a tenant mid-backoff takes effect at once.
+        let short = ProbeBackoff {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(8),
+        };
+        assert_eq!(
+            short.next(Some(Duration::from_secs(1800))),
+            Duration::from_secs(8)
+        );
+    }
+
+    #[test]
+    fn log_texts_name_code_and_duration() {
+        assert_eq!(humantime_secs(Duration::from_secs(75)), "75s");
+        assert_eq!(humantime_secs(Duration::from_secs(750)), "12m30s");
+        assert_eq!(humantime_secs(Duration::from_secs(7500)), "2h5m");
+        let e = EntraError {
+            error: OAuthError::InvalidGrant,
+            code: Some(65001),
+            trace_id: None,
+            correlation_id: None,
+        };
+        assert_eq!(error_code(&e), "AADSTS65001");
+        assert!(consent_advice("contoso", &e).contains("xdr-relay onboard --name contoso"));
     }
 
     #[test]

@@ -89,6 +89,33 @@ pub struct TenantDefaults {
     pub streams: Vec<Stream>,
     /// `sinks` (default none: each tenant must name its own).
     pub sinks: Vec<String>,
+    /// `auth_probe_min_secs` / `auth_probe_max_secs`: how a tenant whose token requests
+    /// fail (consent gone, token endpoint down) is probed.
+    pub auth_probe: AuthProbe,
+}
+
+/// How often the token endpoint is asked again for a tenant whose token requests fail:
+/// first after `min`, then twice as long after each failed probe, at most `max` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthProbe {
+    /// `auth_probe_min_secs` (default 60).
+    pub min: Duration,
+    /// `auth_probe_max_secs` (default 1800).
+    pub max: Duration,
+}
+
+/// Built-in `auth_probe_min_secs`.
+pub const DEFAULT_AUTH_PROBE_MIN_SECS: u64 = 60;
+/// Built-in `auth_probe_max_secs`.
+pub const DEFAULT_AUTH_PROBE_MAX_SECS: u64 = 1800;
+
+impl Default for AuthProbe {
+    fn default() -> Self {
+        AuthProbe {
+            min: Duration::from_secs(DEFAULT_AUTH_PROBE_MIN_SECS),
+            max: Duration::from_secs(DEFAULT_AUTH_PROBE_MAX_SECS),
+        }
+    }
 }
 
 /// Built-in `poll_interval_secs`.
@@ -111,6 +138,7 @@ impl Default for TenantDefaults {
             cloud: Cloud::Global,
             streams: vec![Stream::Incidents, Stream::Alerts],
             sinks: Vec::new(),
+            auth_probe: AuthProbe::default(),
         }
     }
 }
@@ -655,6 +683,8 @@ pub struct TenantConfig {
     pub availability_lag: Duration,
     /// `first_fetch_hours` / `first_fetch_secs`.
     pub first_fetch: Duration,
+    /// `auth_probe_min_secs` / `auth_probe_max_secs` (default from `[defaults]`).
+    pub auth_probe: AuthProbe,
     /// `[auth]`.
     pub auth: AuthConfig,
     /// `[sink_overrides.NAME]` for this tenant's Splunk HEC sinks, by sink name.

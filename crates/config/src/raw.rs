@@ -29,6 +29,8 @@ pub(crate) struct RawDefaults {
     pub cloud: Option<String>,
     pub streams: Option<Vec<String>>,
     pub sinks: Option<Vec<String>>,
+    pub auth_probe_min_secs: Option<u64>,
+    pub auth_probe_max_secs: Option<u64>,
 }
 
 /// `[http]`.
@@ -167,6 +169,8 @@ pub(crate) struct RawTenant {
     pub availability_lag_secs: Option<u64>,
     pub first_fetch_hours: Option<u64>,
     pub first_fetch_secs: Option<u64>,
+    pub auth_probe_min_secs: Option<u64>,
+    pub auth_probe_max_secs: Option<u64>,
 }
 
 /// `[auth]` of a tenant.

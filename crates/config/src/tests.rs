@@ -1105,6 +1105,59 @@ fn timing_keys_are_range_checked() {
 }
 
 #[test]
+fn auth_probe_keys_default_inherit_and_are_checked() {
+    let f = Fixture::new(&format!("{RELAY}\n[defaults]\nauth_probe_min_secs = 5\n"));
+    f.write("tenants.d/a.toml", &tenant_toml(TENANT_ID, r#"["out"]"#));
+    let config = f.config();
+    assert_eq!(
+        config.defaults.auth_probe,
+        AuthProbe {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(DEFAULT_AUTH_PROBE_MAX_SECS),
+        }
+    );
+    assert_eq!(config.tenants[0].auth_probe, config.defaults.auth_probe);
+
+    f.write(
+        "tenants.d/a.toml",
+        &format!(
+            "auth_probe_max_secs = 20\n{}",
+            tenant_toml(TENANT_ID, r#"["out"]"#)
+        ),
+    );
+    assert_eq!(
+        f.config().tenants[0].auth_probe,
+        AuthProbe {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(20),
+        }
+    );
+
+    f.write(
+        "tenants.d/a.toml",
+        &format!(
+            "auth_probe_max_secs = 2\n{}",
+            tenant_toml(TENANT_ID, r#"["out"]"#)
+        ),
+    );
+    assert_has(
+        &f.errors(),
+        "tenants.d/a.toml: auth_probe_max_secs: must be at least auth_probe_min_secs (5), found 2",
+    );
+    f.write(
+        "tenants.d/a.toml",
+        &format!(
+            "auth_probe_min_secs = 0\n{}",
+            tenant_toml(TENANT_ID, r#"["out"]"#)
+        ),
+    );
+    assert_has(
+        &f.errors(),
+        "tenants.d/a.toml: auth_probe_min_secs: must be between 1 and 86400",
+    );
+}
+
+#[test]
 fn streams_must_be_known_and_non_empty() {
     let f = Fixture::new(RELAY);
     f.write(

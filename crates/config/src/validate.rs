@@ -88,6 +88,12 @@ pub(crate) fn defaults(ctx: &mut Ctx<'_>, raw: RawDefaults) -> Option<TenantDefa
         Some(list) => sink_names(ctx, "defaults.sinks", list),
         None => Some(Vec::new()),
     };
+    let auth_probe = auth_probe(
+        ctx,
+        "defaults.",
+        (raw.auth_probe_min_secs, raw.auth_probe_max_secs),
+        &builtin.auth_probe,
+    );
     let (poll_interval, overlap, availability_lag, first_fetch) = timing?;
     Some(TenantDefaults {
         poll_interval,
@@ -98,7 +104,41 @@ pub(crate) fn defaults(ctx: &mut Ctx<'_>, raw: RawDefaults) -> Option<TenantDefa
         cloud: cloud?,
         streams: streams?,
         sinks: sinks?,
+        auth_probe: auth_probe?,
     })
+}
+
+/// `auth_probe_min_secs` and `auth_probe_max_secs` (unset ones from `inherit`). The floor
+/// of 1 s is for tests; the ceiling keeps a recovered tenant from waiting a day.
+fn auth_probe(
+    ctx: &mut Ctx<'_>,
+    prefix: &str,
+    (min, max): (Option<u64>, Option<u64>),
+    inherit: &AuthProbe,
+) -> Option<AuthProbe> {
+    let min_key = format!("{prefix}auth_probe_min_secs");
+    let max_key = format!("{prefix}auth_probe_max_secs");
+    let min = match min {
+        Some(v) => ctx.secs_in(&min_key, Some(v), 0, 1, DAY),
+        None => Some(inherit.min),
+    };
+    let max = match max {
+        Some(v) => ctx.secs_in(&max_key, Some(v), 0, 1, DAY),
+        None => Some(inherit.max),
+    };
+    let (min, max) = (min?, max?);
+    if max < min {
+        ctx.problem(
+            &max_key,
+            format!(
+                "must be at least auth_probe_min_secs ({}), found {}",
+                min.as_secs(),
+                max.as_secs()
+            ),
+        );
+        return None;
+    }
+    Some(AuthProbe { min, max })
 }
 
 /// The timing keys shared by `[defaults]` and tenant files.
@@ -965,6 +1005,7 @@ pub(crate) fn tenant(
         overlap: s.timing.1,
         availability_lag: s.timing.2,
         first_fetch: s.timing.3,
+        auth_probe: s.auth_probe,
         auth: auth?,
         hec_overrides: hec_overrides?,
         file: path.to_path_buf(),
@@ -979,6 +1020,7 @@ struct TenantScalars {
     streams: Vec<Stream>,
     sinks: Vec<String>,
     timing: Timing,
+    auth_probe: AuthProbe,
 }
 
 fn tenant_scalars(
@@ -1059,6 +1101,12 @@ fn tenant_scalars(
         },
         Some(defaults),
     );
+    let auth_probe = auth_probe(
+        ctx,
+        "",
+        (raw.auth_probe_min_secs, raw.auth_probe_max_secs),
+        &defaults.auth_probe,
+    );
     Some(TenantScalars {
         name: name?,
         tenant_id: tenant_id?,
@@ -1067,6 +1115,7 @@ fn tenant_scalars(
         streams: streams?,
         sinks: sink_list?,
         timing: timing?,
+        auth_probe: auth_probe?,
     })
 }
 

@@ -597,6 +597,7 @@ async fn with_the_real_token_manager() {
                 secret: Secret::new(t.client_secret.clone()),
             },
             token_version: relay_auth::TokenVersion::V2,
+            probe: relay_auth::ProbeBackoff::default(),
         });
     }
     let c = client(Arc::new(manager.clone()), options());

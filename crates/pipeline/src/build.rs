@@ -229,6 +229,10 @@ pub(crate) fn prepare_auth(
                 relay_config::TokenVersion::V1 => relay_auth::TokenVersion::V1,
                 relay_config::TokenVersion::V2 => relay_auth::TokenVersion::V2,
             },
+            probe: relay_auth::ProbeBackoff {
+                first: tenant.auth_probe.min,
+                max: tenant.auth_probe.max,
+            },
         },
         bootstrap,
         file: tenant.file.display().to_string(),

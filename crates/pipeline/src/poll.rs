@@ -33,6 +33,10 @@ use crate::status::{FeedCell, SinkCell, TenantCell};
 /// How often "outbox full; pausing polls" is repeated per sink while a pause lasts.
 const PAUSE_LOG_EVERY: Duration = Duration::from_secs(300);
 
+/// How long after its token probe is due a feed without tokens polls again, at least: the
+/// probe is then certainly due, and a probe time already past cannot make the task spin.
+const PROBE_SLACK: Duration = Duration::from_millis(100);
+
 /// Why a poll failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PollError {
@@ -147,7 +151,18 @@ impl FeedTask {
                     self.on_success(events, duplicates, checkpoint, started)
                         .await;
                 }
-                Err(e) => self.on_failure(&e, interval).await,
+                Err(e) => {
+                    self.on_failure(&e, interval).await;
+                    // A tenant without tokens comes back when its token endpoint is probed,
+                    // not an interval later: it resumes from the checkpoint within moments
+                    // of consent coming back. Whichever feed of the tenant wakes first
+                    // makes the probe; the others follow at their next poll.
+                    if let PollError::Defender(DefenderError::Token { .. }) = &e {
+                        if let Some(at) = self.tokens.next_probe(self.plan.name()) {
+                            next = next.min(at.max(Instant::now() + PROBE_SLACK));
+                        }
+                    }
+                }
             }
             self.sync_auth_state().await;
         }
@@ -336,28 +351,23 @@ impl FeedTask {
                 PollError::State(_) => s.errors.state += 1,
             }
         }
+        // The token manager logs a tenant's way into and out of a failing sign-in state
+        // once each; the polls it refuses meanwhile are not news.
+        let auth_failing = !matches!(
+            self.tokens.auth_state(self.plan.name()),
+            None | Some(relay_auth::AuthState::Ok { .. })
+        );
         match e {
+            PollError::Defender(DefenderError::Token { .. }) if auth_failing => {
+                debug!(error = %text, "poll skipped: the tenant has no token");
+            }
             PollError::Defender(d) if d.needs_consent() => {
-                // Both feeds of the tenant fail the same way; say it once per interval.
-                let due = {
-                    let mut t = self.tenant.inner.lock();
-                    let now = Instant::now();
-                    let due = t
-                        .consent_logged
-                        .is_none_or(|at| now.duration_since(at) >= interval);
-                    if due {
-                        t.consent_logged = Some(now);
-                    }
-                    due
-                };
-                if due {
-                    error!(
-                        error = %text,
-                        "tenant {} needs admin consent again; its polling is suspended until \
-                         an administrator re-consents or re-onboards it (other tenants are unaffected)",
-                        self.plan.name()
-                    );
-                }
+                error!(
+                    error = %text,
+                    "tenant {} needs admin consent again; its polling waits until consent is \
+                     given again or it is re-onboarded (other tenants are unaffected)",
+                    self.plan.name()
+                );
             }
             PollError::Defender(d) if d.is_transient() => {
                 warn!(error = %text, "poll failed; retrying in {interval:?}");
@@ -383,7 +393,7 @@ impl FeedTask {
     }
 
     /// Mirrors the token manager's view of the tenant into the state store (for `status`
-    /// and the next start) when it changed kind.
+    /// and the next start) when it changed kind or its next probe moved.
     async fn sync_auth_state(&self) {
         let Some(current) = self.tokens.auth_state(self.plan.name()) else {
             return;
@@ -391,16 +401,26 @@ impl FeedTask {
         let now = Utc::now();
         let new = match current {
             relay_auth::AuthState::Ok { .. } => AuthState::Ok { since: now },
-            relay_auth::AuthState::NeedsConsent { error, since } => AuthState::NeedsConsent {
+            relay_auth::AuthState::NeedsConsent {
+                error,
+                since,
+                next_probe,
+            } => AuthState::NeedsConsent {
                 code: match error.code {
                     Some(code) => format!("AADSTS{code}"),
                     None => error.error.as_str().to_owned(),
                 },
                 since,
+                next_probe: Some(next_probe),
             },
-            relay_auth::AuthState::Failing { kind, since } => AuthState::Failing {
+            relay_auth::AuthState::Failing {
+                kind,
+                since,
+                next_probe,
+            } => AuthState::Failing {
                 error: kind.to_string(),
                 since,
+                next_probe: Some(next_probe),
             },
         };
         {
@@ -419,14 +439,35 @@ impl FeedTask {
     }
 }
 
-/// Same kind and detail; the `since` of a state that did not change does not matter.
+/// Same kind, detail and next probe; the `since` of a state that did not change does not
+/// matter.
 fn same_auth(a: &AuthState, b: &AuthState) -> bool {
     match (a, b) {
         (AuthState::Ok { .. }, AuthState::Ok { .. }) => true,
-        (AuthState::NeedsConsent { code: x, .. }, AuthState::NeedsConsent { code: y, .. }) => {
-            x == y
-        }
-        (AuthState::Failing { error: x, .. }, AuthState::Failing { error: y, .. }) => x == y,
+        (
+            AuthState::NeedsConsent {
+                code: x,
+                next_probe: p,
+                ..
+            },
+            AuthState::NeedsConsent {
+                code: y,
+                next_probe: q,
+                ..
+            },
+        ) => x == y && p == q,
+        (
+            AuthState::Failing {
+                error: x,
+                next_probe: p,
+                ..
+            },
+            AuthState::Failing {
+                error: y,
+                next_probe: q,
+                ..
+            },
+        ) => x == y && p == q,
         _ => false,
     }
 }
@@ -456,6 +497,7 @@ mod tests {
         let consent = |code: &str, since| AuthState::NeedsConsent {
             code: code.into(),
             since,
+            next_probe: Some(t0),
         };
         assert!(same_auth(
             &consent("AADSTS50173", t0),

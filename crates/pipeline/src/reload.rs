@@ -632,6 +632,7 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
         overlap,
         availability_lag,
         first_fetch,
+        auth_probe,
         auth,
         hec_overrides,
         file: _,
@@ -648,6 +649,7 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
         && *overlap == b.overlap
         && *availability_lag == b.availability_lag
         && *first_fetch == b.first_fetch
+        && *auth_probe == b.auth_probe
         && same_auth(auth, &b.auth)
         && auth.client_secret_expires == b.auth.client_secret_expires
         && *hec_overrides == b.hec_overrides
@@ -656,7 +658,10 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
 /// Whether the token manager's entry of a restarted tenant can stay: everything that goes
 /// into its [`TenantAuth`] is the same.
 fn same_credential(a: &TenantConfig, b: &TenantConfig) -> bool {
-    a.tenant_id == b.tenant_id && a.endpoints == b.endpoints && same_auth(&a.auth, &b.auth)
+    a.tenant_id == b.tenant_id
+        && a.endpoints == b.endpoints
+        && a.auth_probe == b.auth_probe
+        && same_auth(&a.auth, &b.auth)
 }
 
 /// `[auth]` compared on what signs in (the secret's expiry date only drives warnings).

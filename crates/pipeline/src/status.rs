@@ -416,7 +416,7 @@ impl LatencyHistogram {
     }
 }
 
-/// Mutable side of one tenant's stats, plus the per-tenant log rate limit.
+/// Mutable side of one tenant's stats.
 #[derive(Debug)]
 pub(crate) struct TenantCell {
     pub(crate) name: String,
@@ -427,9 +427,6 @@ pub(crate) struct TenantCell {
 #[derive(Debug, Default)]
 pub(crate) struct TenantInner {
     pub(crate) auth: Option<AuthState>,
-    /// When "needs consent" was last logged, so both feeds of a tenant together log it
-    /// once per poll interval.
-    pub(crate) consent_logged: Option<tokio::time::Instant>,
 }
 
 impl TenantCell {
@@ -670,6 +667,7 @@ mod tests {
                 secret: relay_config::Secret::new(t.client_secret.clone()),
             },
             token_version: relay_auth::TokenVersion::V2,
+            probe: relay_auth::ProbeBackoff::default(),
         });
         let client = relay_defender::DefenderClient::new(
             reqwest::Client::new(),

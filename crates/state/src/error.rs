@@ -241,6 +241,20 @@ pub enum StateError {
         message: String,
         /// Whether that error was transient.
         transient: bool,
+        /// Whether that error was a storage failure ([`StateError::is_storage_failure`]).
+        fatal: bool,
+    },
+
+    /// An earlier write found the storage failing (the disk full, an I/O error writing or
+    /// syncing the state file or a segment file); this process writes nothing more, since
+    /// what a failed sync left on disk is unknown. What was committed before is kept; a
+    /// restart once the disk is fixed carries on from it.
+    #[error("state file {path}: no more writes after a storage failure: {cause}")]
+    StorageFailed {
+        /// The state file.
+        path: PathBuf,
+        /// The failure that stopped the writes, naming the file it hit.
+        cause: String,
     },
 
     /// The writer thread of the async face is gone: the relay is shutting down, or the
@@ -256,22 +270,53 @@ impl StateError {
     /// Whether trying the same operation again later may succeed without anyone acting:
     /// lock contention, a full disk being cleaned up, a passing I/O error. Schema, key and
     /// file-identity problems are permanent.
+    ///
+    /// A storage failure ([`StateError::is_storage_failure`]) is not transient: a failed
+    /// fsync may have dropped the data it was to make durable, so retrying the write and
+    /// carrying on as if the retry made up for it could lose what the first write held.
     pub fn is_transient(&self) -> bool {
         match self {
             StateError::Busy { .. } => true,
             StateError::GroupCommit { transient, .. } => *transient,
             StateError::Segment { source, .. } => {
-                matches!(
-                    source.kind(),
-                    io::ErrorKind::StorageFull | io::ErrorKind::Interrupted
-                )
+                !is_storage_io(source) && source.kind() == io::ErrorKind::Interrupted
+            }
+            StateError::Sqlite { source, .. } => {
+                matches!(source.sqlite_error_code(), Some(ErrorCode::OutOfMemory))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the storage under the state failed: the disk (or quota) is full, or writing
+    /// or syncing the state file, its WAL or an outbox segment file failed with an I/O
+    /// error. The process must stop writing (and polling): it keeps what was committed and
+    /// exits, naming the file.
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            StateError::StorageFailed { .. } => true,
+            StateError::GroupCommit { fatal, .. } => *fatal,
+            StateError::Segment { source, .. } | StateError::Io { source, .. } => {
+                is_storage_io(source)
             }
             StateError::Sqlite { source, .. } => matches!(
                 source.sqlite_error_code(),
-                Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::OutOfMemory)
+                Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
             ),
             _ => false,
         }
+    }
+
+    /// The message followed by those of its sources, `: `-separated.
+    pub(crate) fn with_sources(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        message
     }
 
     /// Sorts a raw SQLite error into the variant an operator can act on.
@@ -292,6 +337,16 @@ impl StateError {
             },
         }
     }
+}
+
+/// ENOSPC, EDQUOT or EIO: the disk is full or failing.
+fn is_storage_io(e: &io::Error) -> bool {
+    // Linux's numbers; the kinds cover the full disk elsewhere, EIO has no kind.
+    const EIO: i32 = 5;
+    const EDQUOT: i32 = 122;
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(EIO | EDQUOT))
 }
 
 /// Shorthand for results of this crate.

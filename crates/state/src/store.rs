@@ -70,6 +70,9 @@ pub struct StateStore {
     sealer: Option<Sealer>,
     options: StoreOptions,
     counters: Counters,
+    /// Set by the first storage failure ([`StateError::is_storage_failure`]); from then on
+    /// every write fails with [`StateError::StorageFailed`].
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -143,6 +146,7 @@ impl StateStore {
             sealer,
             options,
             counters: Counters::default(),
+            failure: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -192,6 +196,7 @@ impl StateStore {
             sealer,
             options,
             counters: Counters::default(),
+            failure: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -857,36 +862,46 @@ impl StateStore {
         state: &AuthState,
     ) -> Result<()> {
         const OP: &str = "set_auth_state";
-        let (name, detail, since) = match state {
-            AuthState::Ok { since } => ("ok", None, since),
-            AuthState::NeedsConsent { code, since } => {
-                ("needs_consent", Some(code.as_str()), since)
-            }
-            AuthState::Failing { error, since } => ("failing", Some(error.as_str()), since),
+        let (name, detail, since, next_probe) = match state {
+            AuthState::Ok { since } => ("ok", None, since, None),
+            AuthState::NeedsConsent {
+                code,
+                since,
+                next_probe,
+            } => ("needs_consent", Some(code.as_str()), since, *next_probe),
+            AuthState::Failing {
+                error,
+                since,
+                next_probe,
+            } => ("failing", Some(error.as_str()), since, *next_probe),
         };
         let since = to_ticks(*since)?;
+        let next_probe = next_probe.map(to_ticks).transpose()?;
         conn.prepare_cached(
-            "INSERT INTO tenant_auth (tenant, state, detail, since_ticks) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tenant) DO UPDATE SET state = ?2, detail = ?3, since_ticks = ?4",
+            "INSERT INTO tenant_auth (tenant, state, detail, since_ticks, next_probe_ticks)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant) DO UPDATE
+             SET state = ?2, detail = ?3, since_ticks = ?4, next_probe_ticks = ?5",
         )
-        .and_then(|mut stmt| stmt.execute(params![tenant, name, detail, since]))
+        .and_then(|mut stmt| stmt.execute(params![tenant, name, detail, since, next_probe]))
         .map(drop)
         .map_err(|e| StateError::sqlite(&self.path, OP, e))
     }
 
     /// The tenant's last recorded auth state.
     pub fn auth_state(&self, tenant: &str) -> Result<Option<AuthState>> {
-        let row: Option<(Option<String>, Option<String>, Option<i64>)> = self
+        let row: Option<AuthRow> = self
             .reader()
             .query_row(
-                "SELECT state, detail, since_ticks FROM tenant_auth WHERE tenant = ?1",
+                "SELECT state, detail, since_ticks, next_probe_ticks FROM tenant_auth
+                 WHERE tenant = ?1",
                 params![tenant],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()
             .map_err(|e| StateError::sqlite(&self.path, "reading auth state", e))?;
         match row {
-            Some((state, detail, since)) => self.auth_from(state, detail, since),
+            Some(row) => self.auth_from(row),
             None => Ok(None),
         }
     }
@@ -1059,7 +1074,8 @@ impl StateStore {
         {
             let mut stmt = tx
                 .prepare(
-                    "SELECT tenant, state, detail, since_ticks, token_saved_ticks
+                    "SELECT tenant, state, detail, since_ticks, token_saved_ticks,
+                            next_probe_ticks
                      FROM tenant_auth ORDER BY tenant",
                 )
                 .map_err(sql)?;
@@ -1067,11 +1083,12 @@ impl StateStore {
             while let Some(row) = rows.next().map_err(sql)? {
                 tenants.push(TenantStatus {
                     tenant: row.get(0).map_err(sql)?,
-                    auth: self.auth_from(
+                    auth: self.auth_from((
                         row.get(1).map_err(sql)?,
                         row.get(2).map_err(sql)?,
                         row.get(3).map_err(sql)?,
-                    )?,
+                        row.get(5).map_err(sql)?,
+                    ))?,
                     refresh_token_saved: self.opt_time(row.get(4).map_err(sql)?, "tenant_auth")?,
                 });
             }
@@ -1091,7 +1108,52 @@ impl StateStore {
             .map(|guard| MutexGuard::map(guard, |w| &mut w.conn))
     }
 
+    /// Resolves once a write met a storage failure, with that failure (naming the file it
+    /// hit). The daemon then stops: nothing more can be committed, so polling on would
+    /// only fetch what it cannot keep.
+    pub fn storage_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
+    /// Stops every later write if `e` is a storage failure, and says so once. A failed
+    /// fsync is never retried as if it had succeeded: the kernel may have dropped the
+    /// pages it failed to write and report the next fsync as clean.
+    pub(crate) fn poison(&self, e: &StateError) {
+        if !e.is_storage_failure() {
+            return;
+        }
+        let cause = e.with_sources();
+        let first = self.failure.send_if_modified(|f| {
+            if f.is_some() {
+                return false;
+            }
+            *f = Some(cause.clone());
+            true
+        });
+        if first {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %cause,
+                "state storage failed; no more writes to it from this process"
+            );
+        }
+    }
+
+    /// The error every write gets after a storage failure.
+    pub(crate) fn poisoned(&self) -> Option<StateError> {
+        self.failure
+            .borrow()
+            .as_ref()
+            .map(|cause| StateError::StorageFailed {
+                path: self.path.clone(),
+                cause: cause.clone(),
+            })
+    }
+
     fn writer_state(&self, operation: &'static str) -> Result<MutexGuard<'_, Writer>> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
         match &self.writer {
             Some(writer) => Ok(writer.lock()),
             None => Err(StateError::ReadOnly {
@@ -1155,12 +1217,7 @@ impl StateStore {
         })
     }
 
-    fn auth_from(
-        &self,
-        state: Option<String>,
-        detail: Option<String>,
-        since: Option<i64>,
-    ) -> Result<Option<AuthState>> {
+    fn auth_from(&self, (state, detail, since, next_probe): AuthRow) -> Result<Option<AuthState>> {
         let Some(state) = state else {
             return Ok(None);
         };
@@ -1174,20 +1231,26 @@ impl StateStore {
             "tenant_auth",
         )?;
         let detail = detail.unwrap_or_default();
+        let next_probe = self.opt_time(next_probe, "tenant_auth")?;
         Ok(Some(match state.as_str() {
             "ok" => AuthState::Ok { since },
             "needs_consent" => AuthState::NeedsConsent {
                 code: detail,
                 since,
+                next_probe,
             },
             "failing" => AuthState::Failing {
                 error: detail,
                 since,
+                next_probe,
             },
             other => return Err(invalid(format!("auth state {other:?}"))),
         }))
     }
 }
+
+/// `state, detail, since_ticks, next_probe_ticks` of a `tenant_auth` row.
+type AuthRow = (Option<String>, Option<String>, Option<i64>, Option<i64>);
 
 /// Creates the file with mode 0600 if it is missing (before SQLite creates it with the
 /// umask's mode), or checks that an existing one is an SQLite file.

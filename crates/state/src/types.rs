@@ -141,12 +141,15 @@ pub enum AuthState {
         /// Since when.
         since: DateTime<Utc>,
     },
-    /// The grant or consent was revoked; an operator must re-onboard the tenant.
+    /// The grant or consent was revoked; an administrator must consent again or the tenant
+    /// be re-onboarded. The daemon probes the token endpoint meanwhile and resumes by itself.
     NeedsConsent {
         /// The Entra error code (e.g. `AADSTS65001`).
         code: String,
         /// Since when.
         since: DateTime<Utc>,
+        /// When the daemon asks the token endpoint again (`None` if not recorded).
+        next_probe: Option<DateTime<Utc>>,
     },
     /// Token requests fail for another reason (endpoint down, bad secret).
     Failing {
@@ -154,6 +157,8 @@ pub enum AuthState {
         error: String,
         /// Since when.
         since: DateTime<Utc>,
+        /// When the daemon asks the token endpoint again (`None` if not recorded).
+        next_probe: Option<DateTime<Utc>>,
     },
 }
 

@@ -31,9 +31,6 @@ impl Probe {
             token_http(http)?,
             Arc::new(relay_pipeline::StateTokenStore::new(state)),
             ManagerOptions {
-                // One-shot: a tenant whose consent is still propagating is asked again
-                // whenever onboarding asks, not after the daemon's quarter of an hour.
-                consent_recheck: Duration::ZERO,
                 request_timeout: http.request_timeout,
                 ..ManagerOptions::default()
             },
@@ -144,6 +141,8 @@ pub fn tenant_auth(tenant: &TenantConfig, state: &StateStore) -> anyhow::Result<
             relay_config::TokenVersion::V1 => relay_auth::TokenVersion::V1,
             relay_config::TokenVersion::V2 => relay_auth::TokenVersion::V2,
         },
+        // Onboarding asks while consent propagates; it must not wait out a backoff.
+        probe: relay_auth::ProbeBackoff::NONE,
     })
 }
 

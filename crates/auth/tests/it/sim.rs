@@ -5,7 +5,7 @@ use crate::harness::{Kind, SimEntra, SimOptions};
 use crate::util::*;
 use relay_auth::{
     AccessToken, AuthError, AuthState, FailureKind, ManagerOptions, MemoryStore, OAuthError,
-    RefreshCounts, TokenManager, TokenVersion,
+    ProbeBackoff, RefreshCounts, TenantAuth, TokenManager, TokenVersion,
 };
 use relay_config::{Audience, Secret};
 use relay_sim::entra::{AppRegistration, GrantKind, TokenFault};
@@ -20,6 +20,24 @@ const AUDIENCES: [Audience; 3] = [
     Audience::ThreatProtection,
     Audience::WindowsDefenderAtp,
 ];
+
+/// Probes `d` apart, without doubling.
+fn every(d: Duration) -> ProbeBackoff {
+    ProbeBackoff { first: d, max: d }
+}
+
+/// Calls `access_token` every 50 ms for `total`, returning how many got a token.
+async fn hammer(m: &TokenManager, tenant: &str, total: Duration) -> usize {
+    let until = Instant::now() + total;
+    let mut ok = 0;
+    while Instant::now() < until {
+        if m.access_token(tenant, Audience::Graph).await.is_ok() {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok
+}
 
 fn no_grace() -> SimOptions {
     SimOptions {
@@ -340,14 +358,11 @@ async fn after_a_401_the_rejected_token_is_replaced_but_a_newer_one_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_needs_consent_once_and_then_fails_fast() {
     let sim = SimEntra::start(SimOptions::default());
-    let m = manager(
-        Arc::new(MemoryStore::new()),
-        ManagerOptions {
-            consent_recheck: Duration::from_secs(3),
-            ..ManagerOptions::default()
-        },
-    );
-    m.upsert_tenant(sim.tenant("revoked", 0, Kind::RefreshToken, V2));
+    let m = manager(Arc::new(MemoryStore::new()), ManagerOptions::default());
+    m.upsert_tenant(TenantAuth {
+        probe: every(Duration::from_secs(3)),
+        ..sim.tenant("revoked", 0, Kind::RefreshToken, V2)
+    });
     m.upsert_tenant(sim.tenant("healthy", 1, Kind::RefreshToken, V2));
     let t = m.access_token("revoked", Audience::Graph).await.unwrap();
     m.access_token("healthy", Audience::Graph).await.unwrap();
@@ -380,7 +395,10 @@ async fn a_revoked_grant_needs_consent_once_and_then_fails_fast() {
     // Generous for a loaded CI machine; a request per caller would take far longer.
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(sim.requests(0, GrantKind::RefreshToken), requests);
-    let Some(AuthState::NeedsConsent { error: e, since: s }) = m.auth_state("revoked") else {
+    let Some(AuthState::NeedsConsent {
+        error: e, since: s, ..
+    }) = m.auth_state("revoked")
+    else {
         panic!("{:?}", m.auth_state("revoked"))
     };
     assert_eq!(&e, error);
@@ -429,14 +447,12 @@ async fn a_revoked_grant_needs_consent_once_and_then_fails_fast() {
 #[tokio::test]
 async fn withdrawn_consent_for_an_app_only_tenant_needs_consent_until_the_recheck() {
     let sim = SimEntra::start(SimOptions::default());
-    let m = manager(
-        Arc::new(MemoryStore::new()),
-        ManagerOptions {
-            consent_recheck: Duration::from_secs(2),
-            ..ManagerOptions::default()
-        },
-    );
-    m.upsert_tenant(sim.tenant("contoso", 0, Kind::ClientSecret, V2));
+    let m = manager(Arc::new(MemoryStore::new()), ManagerOptions::default());
+    let contoso = || TenantAuth {
+        probe: every(Duration::from_secs(2)),
+        ..sim.tenant("contoso", 0, Kind::ClientSecret, V2)
+    };
+    m.upsert_tenant(contoso());
     sim.entra.revoke_consent(sim.tenant_id(0));
     let err = m
         .access_token("contoso", Audience::Graph)
@@ -450,7 +466,7 @@ async fn withdrawn_consent_for_an_app_only_tenant_needs_consent_until_the_rechec
     // Consent given again; registering the same configuration again changes nothing, the
     // recheck finds it.
     sim.entra.restore(sim.tenant_id(0));
-    m.upsert_tenant(sim.tenant("contoso", 0, Kind::ClientSecret, V2));
+    m.upsert_tenant(contoso());
     assert!(m
         .access_token("contoso", Audience::Graph)
         .await
@@ -578,7 +594,11 @@ async fn token_requests_are_counted_per_audience_by_outcome_across_reconfigurati
     let sim = SimEntra::start(SimOptions::default());
     let (m, _) = memory_manager();
     assert!(m.refresh_counts("contoso").is_empty(), "unknown tenant");
-    m.upsert_tenant(sim.tenant("contoso", 0, Kind::ClientSecret, V2));
+    // Probes 300 ms apart: calls in between are answered from memory.
+    m.upsert_tenant(TenantAuth {
+        probe: every(Duration::from_millis(300)),
+        ..sim.tenant("contoso", 0, Kind::ClientSecret, V2)
+    });
     m.upsert_tenant(sim.tenant("fabrikam", 1, Kind::RefreshToken, V2));
     assert!(m.refresh_counts("contoso").is_empty(), "before any request");
     let counts = |ok, failed, needs_consent| RefreshCounts {
@@ -621,8 +641,10 @@ async fn token_requests_are_counted_per_audience_by_outcome_across_reconfigurati
         .unwrap_err();
     assert_eq!(graph_counts("contoso"), counts(1, 1, 0));
 
-    // Consent withdrawn: one request learns it, later calls are refused from memory.
+    // Consent withdrawn: one request (the next probe) learns it, later calls are refused
+    // from memory.
     sim.fault(0, None);
+    tokio::time::sleep(Duration::from_millis(350)).await;
     sim.entra.revoke_consent(sim.tenant_id(0));
     for _ in 0..3 {
         assert!(m
@@ -641,4 +663,98 @@ async fn token_requests_are_counted_per_audience_by_outcome_across_reconfigurati
     assert_eq!(m.refresh_counts("fabrikam"), [counts(1, 0, 0)]);
     m.remove_tenant("contoso");
     assert!(m.refresh_counts("contoso").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawn_consent_is_probed_on_a_doubling_backoff_and_recovers_by_itself() {
+    let sim = SimEntra::start(SimOptions::default());
+    let m = manager(Arc::new(MemoryStore::new()), ManagerOptions::default());
+    m.upsert_tenant(TenantAuth {
+        probe: ProbeBackoff {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+        },
+        ..sim.tenant("contoso", 0, Kind::ClientSecret, V2)
+    });
+    sim.entra.revoke_consent(sim.tenant_id(0));
+    let started = Instant::now();
+    assert!(m
+        .access_token("contoso", Audience::Graph)
+        .await
+        .unwrap_err()
+        .is_needs_consent());
+    assert!(m.next_probe("contoso").is_some());
+    // Probes at about +1 s and +3 s (1 s, then 2 s); the next one is 4 s later.
+    assert_eq!(hammer(&m, "contoso", Duration::from_millis(5000)).await, 0);
+    assert_eq!(sim.requests(0, GrantKind::ClientCredentials), 3);
+    let Some(AuthState::NeedsConsent { next_probe, .. }) = m.auth_state("contoso") else {
+        panic!("{:?}", m.auth_state("contoso"))
+    };
+    let probe_in = (next_probe - chrono::Utc::now()).num_milliseconds();
+    assert!(
+        (500..=4000).contains(&probe_in),
+        "next probe in {probe_in} ms"
+    );
+
+    // Consent given again: the next probe gets a token, nobody re-registers anything.
+    sim.entra.restore(sim.tenant_id(0));
+    let recovered = {
+        let until = Instant::now() + Duration::from_secs(8);
+        loop {
+            if m.access_token("contoso", Audience::Graph).await.is_ok() || Instant::now() > until {
+                break Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(matches!(
+        m.auth_state("contoso"),
+        Some(AuthState::Ok { .. })
+    ));
+    assert!(m.next_probe("contoso").is_none());
+    assert!(recovered - started < Duration::from_secs(13));
+    // The max is 4 s: capped, not 8.
+    assert_eq!(sim.requests(0, GrantKind::ClientCredentials), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_that_is_down_is_probed_not_hammered() {
+    let sim = SimEntra::start(SimOptions::default());
+    let m = manager(Arc::new(MemoryStore::new()), ManagerOptions::default());
+    m.upsert_tenant(TenantAuth {
+        probe: every(Duration::from_millis(1500)),
+        ..sim.tenant("contoso", 0, Kind::RefreshToken, V2)
+    });
+    sim.fault(0, Some(TokenFault::Down));
+    let err = m
+        .access_token("contoso", Audience::Graph)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    // Refused from memory until the probe, with the wait as the retry hint.
+    let again = m
+        .access_token("contoso", Audience::Graph)
+        .await
+        .unwrap_err();
+    assert!(again
+        .retry_after()
+        .is_some_and(|d| d > Duration::ZERO && d <= Duration::from_millis(1500)));
+    assert_eq!(sim.requests(0, GrantKind::RefreshToken), 1);
+    assert!(matches!(
+        m.auth_state("contoso"),
+        Some(AuthState::Failing {
+            kind: FailureKind::HttpStatus(503),
+            ..
+        })
+    ));
+    assert_eq!(hammer(&m, "contoso", Duration::from_millis(2000)).await, 0);
+    assert_eq!(sim.requests(0, GrantKind::RefreshToken), 2, "one probe");
+
+    sim.fault(0, None);
+    assert!(hammer(&m, "contoso", Duration::from_millis(2000)).await > 0);
+    assert_eq!(sim.requests(0, GrantKind::RefreshToken), 3);
+    assert!(matches!(
+        m.auth_state("contoso"),
+        Some(AuthState::Ok { .. })
+    ));
 }

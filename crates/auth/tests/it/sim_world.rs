@@ -37,6 +37,7 @@ fn auth(sim: &Sim, i: usize, credential: Credential) -> TenantAuth {
         client_id: t.client_id.clone(),
         credential,
         token_version: TokenVersion::V2,
+        probe: relay_auth::ProbeBackoff::default(),
     }
 }
 

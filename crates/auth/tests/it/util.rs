@@ -141,6 +141,7 @@ pub fn tenant(
         client_id: client_id.to_string(),
         credential,
         token_version: version,
+        probe: relay_auth::ProbeBackoff::NONE,
     }
 }
 

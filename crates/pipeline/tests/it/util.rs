@@ -96,6 +96,7 @@ pub fn config(sim: &Sim, specs: &[TenantSpec], dir: &Path, sink_dir: &Path) -> C
                 overlap: Duration::from_secs(20),
                 availability_lag: Duration::from_millis(500),
                 first_fetch: Duration::from_secs(2 * 3600),
+                auth_probe: relay_config::AuthProbe::default(),
                 auth: AuthConfig {
                     client_id: t.client_id.clone(),
                     token_version: TokenVersion::V2,

@@ -174,6 +174,19 @@ enum Done {
     Ack(Result<u64>),
 }
 
+impl Done {
+    fn storage_failure(&self) -> Option<&StateError> {
+        let e = match self {
+            Done::Poll(Err(e))
+            | Done::Checkpoint(Err(e))
+            | Done::Unit(Err(e))
+            | Done::Ack(Err(e)) => e,
+            _ => return None,
+        };
+        e.is_storage_failure().then_some(e)
+    }
+}
+
 impl StateStore {
     /// Runs `jobs` in one transaction and answers each.
     fn run_group(&self, jobs: Vec<Job>) {
@@ -189,9 +202,24 @@ impl StateStore {
                     }));
                 }
             }
+            // After a storage failure nothing more is written: what a failed fsync left in
+            // the WAL or a segment is unknown (see `StateStore::poison`).
+            Some(_) if self.poisoned().is_some() => {
+                for job in &jobs {
+                    results.push(failed(job, || {
+                        self.poisoned()
+                            .unwrap_or_else(|| StateError::WriterStopped {
+                                path: self.path.clone(),
+                            })
+                    }));
+                }
+            }
             Some(writer) => {
                 let mut writer = writer.lock();
                 results = self.commit_group(&mut writer, &jobs, &mut after);
+                if let Some(e) = results.iter().find_map(Done::storage_failure) {
+                    self.poison(e);
+                }
                 let Writer { conn, segments } = &mut *writer;
                 if after.rotated {
                     segments.collect(conn, true);
@@ -381,6 +409,7 @@ impl StateStore {
                         path: self.path.clone(),
                         message: "the transaction was rolled back".into(),
                         transient: false,
+                        fatal: false,
                     },
                 };
                 return self.all_failed(jobs, &e);
@@ -399,17 +428,11 @@ impl StateStore {
     }
 
     fn group_error(&self, e: &StateError) -> StateError {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
         StateError::GroupCommit {
             path: self.path.clone(),
-            message,
+            message: e.with_sources(),
             transient: e.is_transient(),
+            fatal: e.is_storage_failure(),
         }
     }
 

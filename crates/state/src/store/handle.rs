@@ -87,11 +87,17 @@ impl State {
         f: impl FnOnce(&StateStore) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|_| StateError::WriterStopped {
-                path: self.store.path.clone(),
-            })?
+        tokio::task::spawn_blocking(move || {
+            let r = f(&store);
+            if let Err(e) = &r {
+                store.poison(e);
+            }
+            r
+        })
+        .await
+        .map_err(|_| StateError::WriterStopped {
+            path: self.store.path.clone(),
+        })?
     }
 }
 

@@ -548,6 +548,7 @@ fn status_snapshot_shows_polls_sinks_and_auth() {
     let consent = AuthState::NeedsConsent {
         code: "AADSTS65001".into(),
         since: secs(3),
+        next_probe: Some(secs(63)),
     };
     store.set_auth_state("fabrikam", &consent).unwrap();
     store
@@ -556,6 +557,7 @@ fn status_snapshot_shows_polls_sinks_and_auth() {
             &AuthState::Failing {
                 error: "503".into(),
                 since: secs(1),
+                next_probe: None,
             },
         )
         .unwrap();
