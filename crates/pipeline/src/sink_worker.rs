@@ -209,6 +209,15 @@ impl Delivery {
     }
 }
 
+/// Where a batch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Handing it over (`Sink::submit`).
+    Submit,
+    /// Waiting for its confirmation (the receipt's acknowledgement).
+    Confirm,
+}
+
 /// What to do next, decided from the bookkeeping alone.
 enum Next {
     /// Send this failed batch again.
@@ -591,7 +600,7 @@ impl SinkWorker {
                 if e.is_transient() {
                     d.hold_until = Some(Instant::now() + delay);
                 }
-                self.failed(d, batch, e, rng).await;
+                self.failed(d, batch, e, Stage::Submit, rng).await;
                 true
             }
         }
@@ -617,7 +626,7 @@ impl SinkWorker {
                 self.delete(d, batch, range, hard, rng).await
             }
             Err(e) => {
-                self.failed(d, batch, e, rng).await;
+                self.failed(d, batch, e, Stage::Confirm, rng).await;
                 true
             }
         }
@@ -697,6 +706,7 @@ impl SinkWorker {
         d: &mut Delivery,
         mut batch: Batch,
         e: SinkError,
+        stage: Stage,
         rng: &mut SmallRng,
     ) {
         let text = chain(&e);
@@ -705,7 +715,13 @@ impl SinkWorker {
         let delay = retry_delay(batch.attempt, self.retry.base, self.retry.cap, rng);
         batch.attempt = batch.attempt.saturating_add(1);
         if e.is_transient() {
-            if e.is_push_back() {
+            // Only a confirmation that did not come in time narrows the window: that is
+            // batches in flight hurting. A refused submission (503, reset) already pauses
+            // every submission (`hold_until`); cutting the window for each refusal as well
+            // took it from 1000 to 1 in one 15 s busy period, and a window of 1 held by a
+            // batch the indexers lost waits out the whole ack timeout, since no later
+            // batch can overtake it.
+            if stage == Stage::Confirm && e.is_push_back() {
                 d.window.pushed_back(now);
             }
             self.cell.set_state(SinkState::Retrying);
@@ -1390,6 +1406,12 @@ mod tests {
         );
         wait_sent(&cell, 150, Duration::from_secs(20)).await;
         assert_eq!(state.depth(SINK).unwrap().rows, 0);
+        assert!(cell.inner.lock().failures > 0, "HEC was busy");
+        assert_eq!(
+            cell.inner.lock().in_flight_limit,
+            relay_config::DEFAULT_HEC_MAX_IN_FLIGHT,
+            "refused submissions pause sending; they do not narrow the window"
+        );
         finish(stop, task).await;
     }
 

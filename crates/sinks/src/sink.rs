@@ -110,7 +110,9 @@ impl Future for Acknowledgement {
 ///   [`send`](Sink::send) is `submit` and the wait in one.
 /// * **Failure.** An `Err` from `submit` or from the acknowledgement means the batch counts
 ///   as not delivered, in whole; the worker retries that batch alone (transient) or stops
-///   the sink (permanent), see [`SinkError::is_transient`]. Part of a failed batch may have
+///   the sink (permanent), see [`SinkError::is_transient`]; only failures that are push-back
+///   ([`SinkError::is_push_back`]: busy, unreachable, not confirmed in time — not a batch the
+///   destination lost) narrow the worker's window of batches in flight. Part of a failed batch may have
 ///   arrived already, so a retry may duplicate events: the relay is at-least-once, and
 ///   these batches are where duplicates come from.
 /// * **Order.** Events of one batch are delivered in slice order; `submit` takes `&mut
