@@ -24,6 +24,18 @@
 //! the others' latency while it drains at its quota; its own lines are counted apart).
 //! `--max-rss-growth-pct P` makes it a soak: it exits 1 if RSS grew by more than P %
 //! between the end of minute `--rss-from-minute` (default 5) and the end of the run.
+//!
+//! `--hec-faults ACK_DELAY_MS` is the fault run of issue 9: sinks file, hec and cef, where
+//! HEC is the strict receiver of the tests with indexer acknowledgement (each request
+//! confirmed ACK_DELAY_MS after it arrived), one request in 20 lost by the indexers (never
+//! acknowledged, not searchable), busy (503 code 9 on events and acks) for 15 s of every
+//! 120 s, and one accepted request in 97 (~1 %) indexed but answered with a reset connection.
+//! After `--minutes` the simulator stops making versions and the run waits (up to
+//! `--drain-secs`, default 300) until every version the file sink wrote has reached HEC
+//! (indexed) and CEF; it prints per sink p50/p99 of visible→delivered (first indexed
+//! arrival at the receiver), what is missing, and HEC's duplicates and where they came
+//! from.
+//!
 //! Everything stays on 127.0.0.1.
 
 #[allow(dead_code)]
@@ -56,6 +68,9 @@ struct Args {
     /// of it); the latency figures then leave that tenant out.
     backlog_tenant: Option<usize>,
     binary: PathBuf,
+    /// The fault run: HEC's indexer acknowledgement delay.
+    hec_faults: Option<Duration>,
+    drain_secs: u64,
 }
 
 fn fail(msg: &str) -> ! {
@@ -77,6 +92,8 @@ fn parse_args() -> Args {
         rss_from_minute: 5,
         backlog_tenant: None,
         binary: PathBuf::from("target/release/xdr-relay"),
+        hec_faults: None,
+        drain_secs: 300,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -130,9 +147,14 @@ fn parse_args() -> Args {
                 }
             }
             "--binary" => a.binary = PathBuf::from(v),
+            "--hec-faults" => a.hec_faults = Some(Duration::from_millis(num(flag) as u64)),
+            "--drain-secs" => a.drain_secs = num(flag) as u64,
             other => fail(&format!("unknown argument {other}")),
         }
         i += 2;
+    }
+    if a.hec_faults.is_some() {
+        a.sinks = vec!["hec".into(), "cef".into()];
     }
     a
 }
@@ -178,6 +200,8 @@ struct Tail {
     /// With `--backlog-tenant`: its tenant id, its history lines written so far and when
     /// the last one was.
     backlog: Option<(String, u64, Option<Instant>)>,
+    /// The fault run: every version written, with its first sighting.
+    arrivals: Option<Arrivals>,
 }
 
 impl Tail {
@@ -205,6 +229,11 @@ impl Tail {
             self.offset += n as u64;
             self.lines += 1;
             let version = version_time(&line);
+            if let Some(a) = &mut self.arrivals {
+                if let (Some(id), Some(t)) = (json_str(&line, "\"id\":\""), version) {
+                    a.record((id.to_owned(), t.timestamp_millis()), now, true);
+                }
+            }
             if let Some((id, lines, last)) = &mut self.backlog {
                 if line.contains(&format!("\"tenant_id\":\"{id}\"")) {
                     if version.is_some_and(|t| t < self.since) {
@@ -224,6 +253,98 @@ impl Tail {
             line.clear();
         }
     }
+}
+
+/// The string value after `key` (which ends with the opening quote), up to the next quote.
+fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let i = line.find(key)? + key.len();
+    let rest = line.get(i..)?;
+    Some(&rest[..rest.find('"')?])
+}
+
+/// An item version as every sink names it: (item id, version time in ms).
+type VersionKey = (String, i64);
+
+/// Where and when versions arrived at one receiver.
+#[derive(Default)]
+struct Arrivals {
+    first: std::collections::HashMap<VersionKey, chrono::DateTime<chrono::Utc>>,
+    /// Arrivals after the first (searchable ones only, for HEC).
+    duplicates: u64,
+    /// Of those, copies of a version whose earlier copy was answered with a reset
+    /// connection (the sink could not know it arrived).
+    duplicates_after_reset: u64,
+    /// Versions whose copies so far all went unanswered.
+    unanswered: std::collections::HashSet<VersionKey>,
+}
+
+impl Arrivals {
+    fn record(&mut self, key: VersionKey, at: chrono::DateTime<chrono::Utc>, answered: bool) {
+        use std::collections::hash_map::Entry;
+        match self.first.entry(key.clone()) {
+            Entry::Vacant(v) => {
+                v.insert(at);
+                if !answered {
+                    self.unanswered.insert(key);
+                }
+            }
+            Entry::Occupied(_) => {
+                self.duplicates += 1;
+                let after_reset = if answered {
+                    self.unanswered.remove(&key)
+                } else {
+                    self.unanswered.contains(&key)
+                };
+                if after_reset {
+                    self.duplicates_after_reset += 1;
+                }
+            }
+        }
+    }
+
+    /// visible→arrival of the versions made from `since`, sorted, in ms.
+    fn latencies_ms(&self, since: chrono::DateTime<chrono::Utc>) -> Vec<i64> {
+        let lag = chrono::Duration::from_std(LATE_VISIBILITY).unwrap_or_default();
+        let mut l: Vec<i64> = self
+            .first
+            .iter()
+            .filter_map(|((_, t), at)| {
+                let t = chrono::DateTime::from_timestamp_millis(*t)?;
+                (t >= since).then(|| (*at - (t + lag)).num_milliseconds())
+            })
+            .collect();
+        l.sort_unstable();
+        l
+    }
+
+    /// How many of `reference`'s versions have not arrived here.
+    fn missing(&self, reference: &Arrivals) -> usize {
+        reference
+            .first
+            .keys()
+            .filter(|k| !self.first.contains_key(*k))
+            .count()
+    }
+}
+
+/// The HEC side of the fault run: the strict receiver's searchable arrivals.
+fn hec_arrivals(receiver: &relay_sinks::splunk_hec::test_receiver::HecReceiver) -> Arrivals {
+    let mut a = Arrivals::default();
+    for e in receiver.events().into_iter().filter(|e| e.indexed) {
+        let doc = &e.envelope["event"];
+        let id = match (&doc["id"], &doc["incidentId"]) {
+            (serde_json::Value::String(s), _) => s.clone(),
+            (_, serde_json::Value::Number(n)) => n.to_string(),
+            _ => continue,
+        };
+        let Some(secs) = e.envelope["time"].as_f64() else {
+            continue;
+        };
+        // `time` carries microseconds; the other sinks name a version by its millisecond.
+        let ms = ((secs * 1e6).round() as i64).div_euclid(1000);
+        a.record((id, ms), e.received.into(), e.answered);
+    }
+    a
 }
 
 fn version_time(line: &str) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -273,18 +394,77 @@ async fn hec_receiver() -> std::net::SocketAddr {
     addr
 }
 
-/// A TCP syslog receiver that reads and discards.
-async fn cef_receiver() -> std::net::SocketAddr {
+/// A TCP syslog receiver that reads and discards, or (`arrivals`) reads octet-counted CEF
+/// frames and records each version's arrival (`externalId`, `deviceCustomDate1`).
+async fn cef_receiver(
+    arrivals: Option<std::sync::Arc<std::sync::Mutex<Arrivals>>>,
+) -> std::net::SocketAddr {
     let (listener, addr) = loopback_listener().await;
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
+            let arrivals = arrivals.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 1 << 16];
-                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                let mut pending: Vec<u8> = Vec::new();
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let Some(arrivals) = &arrivals else {
+                        continue;
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    let now = chrono::Utc::now();
+                    let mut used = 0;
+                    while let Some(sp) = pending[used..].iter().position(|b| *b == b' ') {
+                        let Some(len) = std::str::from_utf8(&pending[used..used + sp])
+                            .ok()
+                            .and_then(|l| l.parse::<usize>().ok())
+                        else {
+                            fail("cef receiver: not an octet-counted frame");
+                        };
+                        let start = used + sp + 1;
+                        if pending.len() < start + len {
+                            break;
+                        }
+                        let frame = String::from_utf8_lossy(&pending[start..start + len]);
+                        let field = |k: &str| {
+                            let i = frame.find(k)? + k.len();
+                            let rest = &frame[i..];
+                            Some(rest[..rest.find(' ').unwrap_or(rest.len())].to_owned())
+                        };
+                        if let (Some(id), Some(ms)) = (
+                            field(" externalId="),
+                            field(" deviceCustomDate1=").and_then(|v| v.parse::<i64>().ok()),
+                        ) {
+                            if let Ok(mut a) = arrivals.lock() {
+                                a.record((id, ms), now, true);
+                            }
+                        }
+                        used = start + len;
+                    }
+                    pending.drain(..used);
+                }
             });
         }
     });
     addr
+}
+
+/// The fault run's HEC: the strict receiver with indexer acknowledgement after `delay`, one
+/// request in 20 lost, one in 97 answered with a reset, busy 15 s of every 120 s (from 60 s).
+async fn faulty_hec(delay: Duration) -> relay_sinks::splunk_hec::test_receiver::HecReceiver {
+    use relay_sinks::splunk_hec::test_receiver::{AckMode, HecReceiver, HecReceiverConfig};
+    let r = HecReceiver::start(HecReceiverConfig {
+        indexer_ack: true,
+        ..HecReceiverConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| fail(&format!("hec receiver: {e}")));
+    r.set_ack_mode(AckMode::DelayLosingEvery { delay, every: 20 });
+    // 97, not 100: a multiple of the 20 above would make every reset request a lost one.
+    r.set_reset_every(97);
+    r
 }
 
 fn free_port() -> u16 {
@@ -311,6 +491,85 @@ async fn metric_sum(admin: &str, name: &str) -> Option<f64> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
     )
+}
+
+/// Starts HEC's next busy period when it is due.
+fn busy_cycle(hec: &relay_sinks::splunk_hec::test_receiver::HecReceiver, next: &mut Instant) {
+    if Instant::now() >= *next {
+        hec.set_busy_until(Some(*next + Duration::from_secs(15)));
+        *next += Duration::from_secs(120);
+    }
+}
+
+/// The end of the fault run: no new versions; wait until HEC and CEF have every version
+/// the file sink wrote (or `drain_secs` passed), then print latency, loss and duplicates.
+async fn fault_report(
+    sim: &Sim,
+    tail: &mut Tail,
+    hec: &relay_sinks::splunk_hec::test_receiver::HecReceiver,
+    cef: &std::sync::Mutex<Arrivals>,
+    since: chrono::DateTime<chrono::Utc>,
+    drain_secs: u64,
+    next_busy: &mut Instant,
+) {
+    sim.pause_activity();
+    let quiet = Instant::now();
+    let missing = |tail: &Tail| {
+        let file = tail.arrivals.as_ref()?;
+        let h = hec_arrivals(hec).missing(file);
+        let c = cef.lock().ok()?.missing(file);
+        Some((h, c))
+    };
+    let mut at_60s = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        busy_cycle(hec, next_busy);
+        tail.poll();
+        let m = missing(tail);
+        if at_60s.is_none() && quiet.elapsed() >= Duration::from_secs(60) {
+            at_60s = m;
+        }
+        // Done once both have everything written and the last poll's versions (one
+        // interval plus the late visibility) had time to be written.
+        let settled = quiet.elapsed() >= Duration::from_secs(90);
+        if (settled && m == Some((0, 0))) || quiet.elapsed() >= Duration::from_secs(drain_secs) {
+            break;
+        }
+    }
+    let file = tail.arrivals.take().unwrap_or_default();
+    let hec_a = hec_arrivals(hec);
+    let cef_a = cef
+        .lock()
+        .map(|mut a| std::mem::take(&mut *a))
+        .unwrap_or_default();
+    println!(
+        "fault run: drained for {:.0} s after the sources went quiet; versions written to the file sink: {}",
+        quiet.elapsed().as_secs_f64(),
+        file.first.len()
+    );
+    for (name, a) in [("file", &file), ("hec", &hec_a), ("cef", &cef_a)] {
+        let l = a.latencies_ms(since);
+        println!(
+            "  {name:>4}: visible->delivered p50 {:.1} s, p99 {:.1} s, max {:.1} s ({} versions made after the first interval); missing {} of the file sink's; duplicates {} ({} after a reset connection)",
+            percentile(&l, 0.5) as f64 / 1000.0,
+            percentile(&l, 0.99) as f64 / 1000.0,
+            l.last().copied().unwrap_or(0) as f64 / 1000.0,
+            l.len(),
+            a.missing(&file),
+            a.duplicates,
+            a.duplicates_after_reset,
+        );
+    }
+    if let Some((h, c)) = at_60s {
+        println!("  missing 60 s after the sources went quiet: hec {h}, cef {c}");
+    }
+    let events = hec.events();
+    let lost = events.iter().filter(|e| !e.indexed).count();
+    println!(
+        "  hec receiver: {} requests reset after indexing, {lost} events in requests the indexers lost (sent again), {} ack queries",
+        hec.resets(),
+        hec.ack_queries()
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -344,17 +603,32 @@ async fn main() {
         .to_string();
     let mut tenant_sinks = vec!["file".to_string()];
     let mut _broker = None;
+    let mut strict_hec = None;
+    let cef_arrivals = args
+        .hec_faults
+        .map(|_| std::sync::Arc::new(std::sync::Mutex::new(Arrivals::default())));
     for sink in &args.sinks {
         match sink.as_str() {
             "hec" => {
-                let addr = hec_receiver().await;
+                let addr = match args.hec_faults {
+                    None => hec_receiver().await,
+                    Some(delay) => {
+                        let r = faulty_hec(delay).await;
+                        let addr = r.addr();
+                        strict_hec = Some(r);
+                        addr
+                    }
+                };
                 sinks_toml.push_str(&format!(
                     "\n[sinks.hec]\ntype = \"splunk_hec\"\nurl = \"http://{addr}\"\n\
                      token = {{ file = \"hec.token\" }}\n"
                 ));
+                if args.hec_faults.is_some() {
+                    sinks_toml.push_str("indexer_ack.enabled = true\n");
+                }
             }
             "cef" => {
-                let addr = cef_receiver().await;
+                let addr = cef_receiver(cef_arrivals.clone()).await;
                 sinks_toml.push_str(&format!(
                     "\n[sinks.cef]\ntype = \"syslog\"\naddress = \"{addr}\"\n\
                      transport = \"tcp\"\nformat = \"cef\"\n"
@@ -435,7 +709,10 @@ async fn main() {
         backlog: args
             .backlog_tenant
             .map(|_| (sim.tenants()[0].tenant_id.clone(), 0, None)),
+        arrivals: args.hec_faults.map(|_| Arrivals::default()),
     };
+    // The fault run: HEC is busy 15 s of every 120 s, the first time a minute in.
+    let mut next_busy = Instant::now() + Duration::from_secs(60);
     let started = Instant::now();
     let run_for = Duration::from_secs(args.minutes * 60);
     // The first interval is start-up (every tenant's first token, first polls spread over
@@ -448,6 +725,9 @@ async fn main() {
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tail.poll();
+        if let Some(hec) = &strict_hec {
+            busy_cycle(hec, &mut next_busy);
+        }
         if steady.is_none() && started.elapsed() >= warmup {
             let s = sim.stats();
             steady = Some((
@@ -471,6 +751,19 @@ async fn main() {
                 sockets(pid)
             );
         }
+    }
+    if let (Some(hec), Some(cef)) = (&strict_hec, &cef_arrivals) {
+        let measured_from = tail.since + chrono::Duration::from_std(warmup).unwrap_or_default();
+        fault_report(
+            &sim,
+            &mut tail,
+            hec,
+            cef,
+            measured_from,
+            args.drain_secs,
+            &mut next_busy,
+        )
+        .await;
     }
     let cpu_end = cpu_secs(pid).unwrap_or(0.0);
     let rss_end = status_mib(pid, "VmRSS:").unwrap_or(0.0);

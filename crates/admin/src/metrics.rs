@@ -403,6 +403,25 @@ pub fn render(
     per_sink(
         &mut e,
         status,
+        "xdr_relay_sink_in_flight_batches",
+        Gauge,
+        "Batches handed to the sink and awaiting the destination's confirmation (HEC indexer \
+         ack), failed ones waiting to be sent again included.",
+        |s| Some(s.in_flight as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
+        "xdr_relay_sink_in_flight_limit_batches",
+        Gauge,
+        "How many batches may be in flight now: the adaptive window (halved when the \
+         destination pushes back, grown while confirmations keep their pace), at most the \
+         sink's max_in_flight.",
+        |s| Some(s.in_flight_limit as f64),
+    );
+    per_sink(
+        &mut e,
+        status,
         "xdr_relay_sink_last_delivery_timestamp_seconds",
         Gauge,
         "When the destination last acknowledged events, Unix seconds. Absent before the first.",
@@ -669,6 +688,12 @@ xdr_relay_outbox_oldest_age_seconds{sink="file"} 90
 # HELP xdr_relay_outbox_full 1 while the outbox is at its bound and polling of the tenants routed to it is paused.
 # TYPE xdr_relay_outbox_full gauge
 xdr_relay_outbox_full{sink="file"} 0
+# HELP xdr_relay_sink_in_flight_batches Batches handed to the sink and awaiting the destination's confirmation (HEC indexer ack), failed ones waiting to be sent again included.
+# TYPE xdr_relay_sink_in_flight_batches gauge
+xdr_relay_sink_in_flight_batches{sink="file"} 0
+# HELP xdr_relay_sink_in_flight_limit_batches How many batches may be in flight now: the adaptive window (halved when the destination pushes back, grown while confirmations keep their pace), at most the sink's max_in_flight.
+# TYPE xdr_relay_sink_in_flight_limit_batches gauge
+xdr_relay_sink_in_flight_limit_batches{sink="file"} 1
 # HELP xdr_relay_sink_last_delivery_timestamp_seconds When the destination last acknowledged events, Unix seconds. Absent before the first.
 # TYPE xdr_relay_sink_last_delivery_timestamp_seconds gauge
 xdr_relay_sink_last_delivery_timestamp_seconds{sink="file"} 1777636795

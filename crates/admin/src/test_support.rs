@@ -82,6 +82,8 @@ pub fn sink(name: &str) -> SinkStats {
             }
             h
         },
+        in_flight: 0,
+        in_flight_limit: 1,
     }
 }
 

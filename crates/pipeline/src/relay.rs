@@ -250,7 +250,7 @@ impl Relay {
             let span = info_span!("sink", sink = %cell.name, kind = sink.kind());
             let worker = SinkWorker {
                 sink,
-                state: Arc::clone(&state),
+                outbox: writes.outbox(),
                 cell,
                 retry,
             };

@@ -16,7 +16,7 @@ use chrono::Utc;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use relay_sinks::{AnySink, BatchLimits, Event, Receipt, Sink, SinkError};
-use relay_state::{OutboxRow, StateError, StateStore};
+use relay_state::{Outbox, OutboxRow, StateError};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,20 +60,9 @@ pub(crate) struct StopSignals {
 
 pub(crate) struct SinkWorker {
     pub(crate) sink: AnySink,
-    pub(crate) state: Arc<StateStore>,
+    pub(crate) outbox: Outbox,
     pub(crate) cell: Arc<SinkCell>,
     pub(crate) retry: SinkRetry,
-}
-
-async fn blocking<T: Send + 'static>(
-    state: &Arc<StateStore>,
-    f: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
-) -> Result<T, String> {
-    let state = Arc::clone(state);
-    match tokio::task::spawn_blocking(move || f(&state)).await {
-        Ok(r) => r.map_err(|e| chain(&e)),
-        Err(e) => Err(format!("state store task failed: {e}")),
-    }
 }
 
 /// The row a read error is about, when the error is that row's payload alone (gone or
@@ -161,6 +150,8 @@ struct Delivery {
     stopped_until: Option<Instant>,
     /// Since when the next batch could go but is not full and lingers for more events.
     lingering_since: Option<Instant>,
+    /// In flight and window as last shown in the status.
+    shown: (usize, usize),
 }
 
 impl Delivery {
@@ -181,6 +172,7 @@ impl Delivery {
             failing: 0,
             stopped_until: None,
             lingering_since: None,
+            shown: (0, 0),
         }
     }
 
@@ -215,6 +207,15 @@ impl Delivery {
             .contiguous()
             .filter(|(first, _)| self.oldest_outstanding().is_none_or(|o| o > *first))
     }
+}
+
+/// Where a batch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Handing it over (`Sink::submit`).
+    Submit,
+    /// Waiting for its confirmation (the receipt's acknowledgement).
+    Confirm,
 }
 
 /// What to do next, decided from the bookkeeping alone.
@@ -252,6 +253,11 @@ impl SinkWorker {
                 break;
             }
             let draining = stop.drain.is_cancelled();
+            let shown = (d.outstanding(), d.window.allowed());
+            if shown != d.shown {
+                d.shown = shown;
+                self.cell.set_in_flight(shown.0, shown.1);
+            }
             let now = Instant::now();
             if d.stopped_until.is_some_and(|t| t <= now) {
                 d.stopped_until = None;
@@ -322,6 +328,13 @@ impl SinkWorker {
             .flatten()
             .min()
             .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            // Nothing is sent before a backoff or a stop ends, so no timer may fire before:
+            // a linger or a resend already due would otherwise wake the loop at once, again
+            // and again, for the whole backoff (a busy HEC cost a core).
+            let timer = [d.hold_until, d.stopped_until]
+                .into_iter()
+                .flatten()
+                .fold(timer, Instant::max);
             tokio::select! {
                 biased;
                 _ = stop.hard.cancelled() => {}
@@ -364,20 +377,16 @@ impl SinkWorker {
     /// cannot be read back or decoded are dropped (counted, logged) so they cannot wedge the
     /// sink.
     async fn read(&self, d: &mut Delivery, n: usize) -> Result<(), String> {
-        let sink = self.cell.name.clone();
+        let sink = self.cell.name.as_str();
         let after = d.cursor;
         // Bounded in bytes too, by the rows' average size so far: a read-ahead of large
         // documents stays a few batches' worth of memory. (Not by `read_batch`'s byte
         // bound: a read cut by it would look like the end of the outbox.)
         let bound = d.limits.max_bytes.saturating_mul(READ_AHEAD_BATCHES);
         let n = n.min((bound / d.row_bytes.max(1)).max(1));
-        let rows = {
-            let state = Arc::clone(&self.state);
-            tokio::task::spawn_blocking(move || state.read_batch(&sink, after, n, usize::MAX)).await
-        };
-        let rows = match rows {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
+        let rows = match self.outbox.read_batch(sink, after, n, usize::MAX).await {
+            Ok(rows) => rows,
+            Err(e) => {
                 // One row's payload gone or corrupt: drop it, read again.
                 if let Some(seq) = unreadable_row(&e) {
                     if self.skip_unreadable(seq, &e).await {
@@ -386,7 +395,6 @@ impl SinkWorker {
                 }
                 return Err(chain(&e));
             }
-            Err(e) => return Err(format!("state store task failed: {e}")),
         };
         d.at_end = rows.len() < n;
         if !rows.is_empty() {
@@ -407,10 +415,9 @@ impl SinkWorker {
             }
         }
         if !undecodable.is_empty() {
-            let sink = self.cell.name.clone();
-            if let Err(e) = blocking(&self.state, move |s| s.ack_rows(&sink, &undecodable)).await {
+            if let Err(e) = self.outbox.ack_rows(&self.cell.name, undecodable).await {
                 // They stay in the outbox and are skipped again after a restart.
-                warn!(error = %e, "cannot remove undecodable outbox rows of sink {}", self.cell.name);
+                warn!(error = %chain(&e), "cannot remove undecodable outbox rows of sink {}", self.cell.name);
             }
         }
         Ok(())
@@ -512,15 +519,13 @@ impl SinkWorker {
         hard: &CancellationToken,
         rng: &mut SmallRng,
     ) -> bool {
-        let sink = self.cell.name.clone();
-        let seqs = r.batch.seqs.clone();
-        let rows = {
-            let state = Arc::clone(&self.state);
-            tokio::task::spawn_blocking(move || state.read_rows(&sink, &seqs)).await
-        };
-        let rows = match rows {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
+        let read = self
+            .outbox
+            .read_rows(&self.cell.name, r.batch.seqs.clone())
+            .await;
+        let rows = match read {
+            Ok(rows) => rows,
+            Err(e) => {
                 if let Some(seq) = unreadable_row(&e) {
                     if self.skip_unreadable(seq, &e).await {
                         r.batch.seqs.retain(|s| *s != seq);
@@ -528,12 +533,6 @@ impl SinkWorker {
                 }
                 r.due = Instant::now() + self.retry.base;
                 warn!(error = %chain(&e), "cannot read a batch of sink {} back from its outbox; retrying", self.cell.name);
-                d.resends.push(r);
-                return true;
-            }
-            Err(e) => {
-                warn!(error = %e, "state store task failed");
-                r.due = Instant::now() + self.retry.base;
                 d.resends.push(r);
                 return true;
             }
@@ -601,7 +600,7 @@ impl SinkWorker {
                 if e.is_transient() {
                     d.hold_until = Some(Instant::now() + delay);
                 }
-                self.failed(d, batch, e, rng).await;
+                self.failed(d, batch, e, Stage::Submit, rng).await;
                 true
             }
         }
@@ -627,7 +626,7 @@ impl SinkWorker {
                 self.delete(d, batch, range, hard, rng).await
             }
             Err(e) => {
-                self.failed(d, batch, e, rng).await;
+                self.failed(d, batch, e, Stage::Confirm, rng).await;
                 true
             }
         }
@@ -659,14 +658,12 @@ impl SinkWorker {
         // Delivered. A failed delete is retried: giving up would only send the batch again.
         let mut attempt = 0u32;
         loop {
-            let sink = self.cell.name.clone();
-            let seqs = batch.seqs.clone();
-            let deleted = blocking(&self.state, move |s| match range {
-                Some((_, last)) => s.ack(&sink, last),
-                None => s.ack_rows(&sink, &seqs),
-            })
-            .await;
-            match deleted {
+            let sink = self.cell.name.as_str();
+            let deleted = match range {
+                Some((_, last)) => self.outbox.ack(sink, last).await,
+                None => self.outbox.ack_rows(sink, batch.seqs.clone()).await,
+            };
+            match deleted.map_err(|e| chain(&e)) {
                 Ok(_) => break,
                 Err(e) => {
                     let delay = retry_delay(attempt, self.retry.base, self.retry.cap, rng);
@@ -709,6 +706,7 @@ impl SinkWorker {
         d: &mut Delivery,
         mut batch: Batch,
         e: SinkError,
+        stage: Stage,
         rng: &mut SmallRng,
     ) {
         let text = chain(&e);
@@ -717,7 +715,15 @@ impl SinkWorker {
         let delay = retry_delay(batch.attempt, self.retry.base, self.retry.cap, rng);
         batch.attempt = batch.attempt.saturating_add(1);
         if e.is_transient() {
-            d.window.pushed_back(now);
+            // Only a confirmation that did not come in time narrows the window: that is
+            // batches in flight hurting. A refused submission (503, reset) already pauses
+            // every submission (`hold_until`); cutting the window for each refusal as well
+            // took it from 1000 to 1 in one 15 s busy period, and a window of 1 held by a
+            // batch the indexers lost waits out the whole ack timeout, since no later
+            // batch can overtake it.
+            if stage == Stage::Confirm && e.is_push_back() {
+                d.window.pushed_back(now);
+            }
             self.cell.set_state(SinkState::Retrying);
             warn!(
                 error = %text,
@@ -765,8 +771,7 @@ impl SinkWorker {
     /// stop this sink for every tenant. Counted and logged as lost. False if even the
     /// removal failed (the caller retries the read).
     async fn skip_unreadable(&self, seq: i64, e: &StateError) -> bool {
-        let sink = self.cell.name.clone();
-        match blocking(&self.state, move |s| s.ack_rows(&sink, &[seq])).await {
+        match self.outbox.ack_rows(&self.cell.name, vec![seq]).await {
             Ok(_) => {
                 self.cell.inner.lock().undecodable += 1;
                 error!(
@@ -778,7 +783,7 @@ impl SinkWorker {
                 true
             }
             Err(removal) => {
-                warn!(seq, error = %removal, "cannot remove the unreadable outbox row of sink {}", self.cell.name);
+                warn!(seq, error = %chain(&removal), "cannot remove the unreadable outbox row of sink {}", self.cell.name);
                 false
             }
         }
@@ -790,10 +795,12 @@ impl SinkWorker {
             i.failures += 1;
             i.last_error = Some(text.to_owned());
         }
-        let sink = self.cell.name.clone();
-        let message = text.to_owned();
-        if let Err(e) = blocking(&self.state, move |s| s.record_sink_error(&sink, &message)).await {
-            warn!(error = %e, "cannot record the delivery failure in the state store");
+        if let Err(e) = self
+            .outbox
+            .record_error(&self.cell.name, text.to_owned())
+            .await
+        {
+            warn!(error = %chain(&e), "cannot record the delivery failure in the state store");
         }
     }
 
@@ -813,10 +820,11 @@ impl SinkWorker {
     }
 
     async fn refresh_depth(&self) {
-        let sink = self.cell.name.clone();
-        match blocking(&self.state, move |s| s.depth(&sink)).await {
+        match self.outbox.depth(&self.cell.name).await {
             Ok(depth) => self.cell.set_depth(depth),
-            Err(e) => warn!(error = %e, "cannot read the outbox depth of sink {}", self.cell.name),
+            Err(e) => {
+                warn!(error = %chain(&e), "cannot read the outbox depth of sink {}", self.cell.name)
+            }
         }
     }
 }
@@ -828,7 +836,7 @@ mod tests {
     use relay_config::{Feed, Secret};
     use relay_sinks::splunk_hec::test_receiver::{HecReceiver, DEFAULT_TOKEN};
     use relay_sinks::{Severity, SplunkHecSink, SplunkHecSinkConfig};
-    use relay_state::{OutboxDepth, PollCommit, StoreOptions};
+    use relay_state::{OutboxDepth, PollCommit, StateStore, StoreOptions};
     use std::collections::HashMap;
 
     const SINK: &str = "hec";
@@ -896,7 +904,9 @@ mod tests {
         };
         let worker = SinkWorker {
             sink,
-            state: Arc::clone(state),
+            outbox: relay_state::State::start(Arc::clone(state))
+                .unwrap()
+                .outbox(),
             cell: Arc::clone(&cell),
             retry: SinkRetry {
                 base: Duration::from_millis(50),
@@ -1348,6 +1358,107 @@ mod tests {
             "duplicates: the 50 unconfirmed at the reset"
         );
         assert_eq!(state.depth(SINK).unwrap().rows, 0);
+        finish(stop, task).await;
+    }
+
+    /// This process's CPU time (utime + stime), from /proc.
+    fn cpu_time() -> Duration {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        // USER_HZ is 100 on every Linux this runs on.
+        Duration::from_millis((f[0] + f[1]) * 10)
+    }
+
+    /// HEC busy for three seconds while events keep coming and partial batches linger: the
+    /// worker waits out its backoff asleep. (A linger or resend already due used to wake it
+    /// at once, over and over, until the backoff ended: a core for the whole busy period.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_hec_is_waited_out_without_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            StateStore::open(&dir.path().join("state.db"), None, StoreOptions::default()).unwrap(),
+        );
+        let receiver = ack_receiver().await;
+        let busy = Duration::from_secs(3);
+        receiver.set_busy_until(Some(std::time::Instant::now() + busy));
+        let (cell, stop, task) = start_with(&receiver, &state, |config| {
+            config.batch.max_events = 10;
+            config.batch.linger = Duration::from_millis(100);
+            config.indexer_ack.enabled = true;
+            config.indexer_ack.poll_interval = Duration::from_millis(100);
+        });
+        let cpu = cpu_time();
+        for i in 0..30 {
+            append(&state, i * 5..i * 5 + 5);
+            cell.wake.notify_one();
+            tokio::time::sleep(busy / 30).await;
+        }
+        let used = cpu_time() - cpu;
+        assert!(
+            used < Duration::from_millis(1500),
+            "{used:?} of CPU during {busy:?} of backoff"
+        );
+        wait_sent(&cell, 150, Duration::from_secs(20)).await;
+        assert_eq!(state.depth(SINK).unwrap().rows, 0);
+        assert!(cell.inner.lock().failures > 0, "HEC was busy");
+        assert_eq!(
+            cell.inner.lock().in_flight_limit,
+            relay_config::DEFAULT_HEC_MAX_IN_FLIGHT,
+            "refused submissions pause sending; they do not narrow the window"
+        );
+        finish(stop, task).await;
+    }
+
+    /// Every third request is indexed and then answered with a reset connection: the sink
+    /// cannot know it arrived, so exactly those batches are sent again. Duplicates are the
+    /// events of the reset requests, each once more; nothing is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_reset_after_indexing_duplicate_only_their_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            StateStore::open(&dir.path().join("state.db"), None, StoreOptions::default()).unwrap(),
+        );
+        let receiver = ack_receiver().await;
+        receiver.set_reset_every(3);
+        append(&state, 0..100);
+        let (cell, stop, task) = start_acked(&receiver, &state, Duration::from_secs(30));
+        wait_sent(&cell, 100, Duration::from_secs(20)).await;
+
+        let events = receiver.events();
+        let unanswered: Vec<&str> = events
+            .iter()
+            .filter(|e| !e.answered)
+            .map(|e| e.envelope["event"]["id"].as_str().unwrap())
+            .collect();
+        assert!(receiver.resets() >= 3, "{} resets", receiver.resets());
+        assert_eq!(unanswered.len() as u64, receiver.resets() * 10);
+        let mut answered: HashMap<&str, usize> = HashMap::new();
+        for e in events.iter().filter(|e| e.answered) {
+            *answered
+                .entry(e.envelope["event"]["id"].as_str().unwrap())
+                .or_default() += 1;
+        }
+        for i in 0..100 {
+            let id = format!("da{i}");
+            assert_eq!(
+                answered.get(id.as_str()),
+                Some(&1),
+                "{id}: one answered copy, nothing lost"
+            );
+        }
+        assert_eq!(
+            events.len(),
+            100 + unanswered.len(),
+            "duplicates: the events of the reset requests, once each"
+        );
+        assert_eq!(state.depth(SINK).unwrap().rows, 0);
+        assert_eq!(cell.inner.lock().failures, receiver.resets());
         finish(stop, task).await;
     }
 

@@ -347,6 +347,12 @@ pub struct SinkStats {
     pub outbox: OutboxDepth,
     /// How long the destination took to acknowledge each delivered batch.
     pub ack_latency: LatencyHistogram,
+    /// Batches handed to the sink and not yet confirmed, failed ones waiting to be sent
+    /// again included.
+    pub in_flight: usize,
+    /// How many may be in flight now: the worker's adaptive window, 1 to the sink's
+    /// `max_in_flight`.
+    pub in_flight_limit: usize,
 }
 
 /// Upper bounds, in seconds, of the [`SinkStats::ack_latency`] buckets: from a file sink's
@@ -532,6 +538,8 @@ pub(crate) struct SinkInner {
     pub(crate) last_error: Option<String>,
     pub(crate) outbox: OutboxDepth,
     pub(crate) ack_latency: LatencyHistogram,
+    pub(crate) in_flight: usize,
+    pub(crate) in_flight_limit: usize,
 }
 
 impl SinkCell {
@@ -551,6 +559,8 @@ impl SinkCell {
                 last_error: None,
                 outbox: depth,
                 ack_latency: LatencyHistogram::ack_latency(),
+                in_flight: 0,
+                in_flight_limit: 1,
             }),
         }
     }
@@ -586,6 +596,13 @@ impl SinkCell {
         self.inner.lock().state = state;
     }
 
+    /// Batches in flight and the window they may fill.
+    pub(crate) fn set_in_flight(&self, in_flight: usize, limit: usize) {
+        let mut i = self.inner.lock();
+        i.in_flight = in_flight;
+        i.in_flight_limit = limit;
+    }
+
     fn snapshot(&self) -> SinkStats {
         let i = self.inner.lock();
         SinkStats {
@@ -599,6 +616,8 @@ impl SinkCell {
             last_error: i.last_error.clone(),
             outbox: i.outbox,
             ack_latency: i.ack_latency.clone(),
+            in_flight: i.in_flight,
+            in_flight_limit: i.in_flight_limit,
         }
     }
 }

@@ -50,6 +50,21 @@ pub enum SinkError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The destination took the batch and then lost it: HEC's indexers never acknowledged
+    /// it while they acknowledged later ones, or HEC forgot its acknowledgements (a
+    /// restart). Transient — send it again — but no sign of overload: the worker does not
+    /// narrow its window for it.
+    #[error("sink {sink}: {destination} lost the batch")]
+    Lost {
+        /// The sink's configured name.
+        sink: String,
+        /// Where the batch was confirmed (URL without query secrets).
+        destination: String,
+        /// How it was found lost.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The destination answered and refused the batch for a reason that retrying will not
     /// fix: bad credentials, an index the token may not write, a malformed or oversized
     /// event. Permanent.
@@ -69,9 +84,15 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         match self {
             SinkError::Config { .. } | SinkError::Rejected { .. } => false,
-            SinkError::Unavailable { .. } => true,
+            SinkError::Unavailable { .. } | SinkError::Lost { .. } => true,
             SinkError::Io { source, .. } => io_is_transient(source),
         }
+    }
+
+    /// True when the failure says the destination is pushing back (busy, unreachable, not
+    /// confirming in time): fewer batches in flight would help. A lost batch is not.
+    pub fn is_push_back(&self) -> bool {
+        self.is_transient() && !matches!(self, SinkError::Lost { .. })
     }
 
     /// The configured name of the sink that failed.
@@ -80,6 +101,7 @@ impl SinkError {
             SinkError::Config { sink, .. }
             | SinkError::Io { sink, .. }
             | SinkError::Unavailable { sink, .. }
+            | SinkError::Lost { sink, .. }
             | SinkError::Rejected { sink, .. } => sink,
         }
     }
@@ -129,7 +151,13 @@ mod tests {
             destination: "https://splunk.example:8088/services/collector/event".into(),
             source: "HTTP 503: server is busy".into(),
         };
-        assert!(unavailable.is_transient());
+        assert!(unavailable.is_transient() && unavailable.is_push_back());
+        let lost = SinkError::Lost {
+            sink: "splunk".into(),
+            destination: "https://splunk.example:8088/services/collector/ack".into(),
+            source: "later requests were acknowledged".into(),
+        };
+        assert!(lost.is_transient() && !lost.is_push_back());
         let rejected = SinkError::Rejected {
             sink: "splunk".into(),
             destination: "https://splunk.example:8088/services/collector/event".into(),

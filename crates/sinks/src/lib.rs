@@ -18,6 +18,7 @@
 //!   `tenant_id:id`, the JSON-lines record as value; `Ok` only once every record of a batch
 //!   has a successful delivery report).
 
+mod any;
 pub mod cef;
 mod error;
 mod event;
@@ -35,12 +36,13 @@ pub mod splunk_hec;
 pub mod syslog;
 mod template;
 
+pub use any::AnySink;
 pub use error::SinkError;
 pub use event::{Event, OutboxDecodeError, RawDoc, Severity};
 pub use file::{FileSink, FileSinkConfig};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSinkConfig};
-pub use sink::{Acknowledgement, AnySink, BatchLimits, Receipt, Sink};
+pub use sink::{Acknowledgement, BatchLimits, Receipt, Sink};
 pub use splunk_hec::{SplunkHecSink, SplunkHecSinkConfig};
 pub use syslog::{SyslogSink, SyslogSinkConfig};
 pub use template::{Template, TemplateError};

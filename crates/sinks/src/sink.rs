@@ -1,12 +1,9 @@
-//! The sink contract and the closed set of sinks.
+//! The sink contract: what every sink does and what the worker may rely on. The closed set
+//! of sinks that implements it is [`AnySink`](crate::AnySink) (`any.rs`).
 
 use crate::error::SinkError;
 use crate::event::Event;
-use crate::file::FileSink;
-#[cfg(feature = "kafka")]
-use crate::kafka::KafkaSink;
-use crate::splunk_hec::{HecLabels, SplunkHecSink};
-use crate::syslog::SyslogSink;
+use crate::splunk_hec::HecLabels;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -94,7 +91,7 @@ impl Future for Acknowledgement {
     }
 }
 
-/// What every sink does. Implemented by each sink and by [`AnySink`], which the pipeline
+/// What every sink does. Implemented by each sink and by [`AnySink`](crate::AnySink), which the pipeline
 /// holds; the trait exists so that each sink is checked against the same contract, not for
 /// `dyn` dispatch. The engine knows sinks only through this trait: batch limits, linger and
 /// window come from [`batch_limits`](Sink::batch_limits), live label changes go through
@@ -113,7 +110,9 @@ impl Future for Acknowledgement {
 ///   [`send`](Sink::send) is `submit` and the wait in one.
 /// * **Failure.** An `Err` from `submit` or from the acknowledgement means the batch counts
 ///   as not delivered, in whole; the worker retries that batch alone (transient) or stops
-///   the sink (permanent), see [`SinkError::is_transient`]. Part of a failed batch may have
+///   the sink (permanent), see [`SinkError::is_transient`]; only failures that are push-back
+///   ([`SinkError::is_push_back`]: busy, unreachable, not confirmed in time — not a batch the
+///   destination lost) narrow the worker's window of batches in flight. Part of a failed batch may have
 ///   arrived already, so a retry may duplicate events: the relay is at-least-once, and
 ///   these batches are where duplicates come from.
 /// * **Order.** Events of one batch are delivered in slice order; `submit` takes `&mut
@@ -165,122 +164,4 @@ pub trait Sink {
 
     /// Flushes anything buffered and releases connections and files.
     fn shutdown(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
-}
-
-/// Every sink the relay can deliver to, built from configuration. A closed set dispatched by
-/// `match`: adding a sink means adding a variant here and a module beside `file`.
-// Built once per configured sink and held for the process's life: the size difference
-// between variants costs nothing, boxing would cost an indirection per call.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum AnySink {
-    /// JSON lines in local files.
-    File(FileSink),
-    /// Splunk HTTP Event Collector.
-    SplunkHec(SplunkHecSink),
-    /// CEF or JSON over syslog (TCP, TLS, UDP) to ArcSight and other syslog receivers.
-    Syslog(SyslogSink),
-    /// Kafka topics, through an idempotent librdkafka producer.
-    #[cfg(feature = "kafka")]
-    Kafka(KafkaSink),
-}
-
-impl AnySink {
-    /// The sink's type as written in configuration (`type = "file"`), a metrics label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            AnySink::File(_) => "file",
-            AnySink::SplunkHec(_) => "splunk_hec",
-            AnySink::Syslog(_) => "syslog",
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(_) => "kafka",
-        }
-    }
-}
-
-impl From<FileSink> for AnySink {
-    fn from(s: FileSink) -> Self {
-        AnySink::File(s)
-    }
-}
-
-impl From<SplunkHecSink> for AnySink {
-    fn from(s: SplunkHecSink) -> Self {
-        AnySink::SplunkHec(s)
-    }
-}
-
-impl From<SyslogSink> for AnySink {
-    fn from(s: SyslogSink) -> Self {
-        AnySink::Syslog(s)
-    }
-}
-
-#[cfg(feature = "kafka")]
-impl From<KafkaSink> for AnySink {
-    fn from(s: KafkaSink) -> Self {
-        AnySink::Kafka(s)
-    }
-}
-
-impl Sink for AnySink {
-    fn name(&self) -> &str {
-        match self {
-            AnySink::File(s) => s.name(),
-            AnySink::SplunkHec(s) => s.name(),
-            AnySink::Syslog(s) => s.name(),
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.name(),
-        }
-    }
-
-    fn batch_limits(&self) -> BatchLimits {
-        match self {
-            AnySink::File(s) => s.batch_limits(),
-            AnySink::SplunkHec(s) => s.batch_limits(),
-            AnySink::Syslog(s) => s.batch_limits(),
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.batch_limits(),
-        }
-    }
-
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        match self {
-            AnySink::File(s) => s.healthcheck().await,
-            AnySink::SplunkHec(s) => s.healthcheck().await,
-            AnySink::Syslog(s) => s.healthcheck().await,
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.healthcheck().await,
-        }
-    }
-
-    fn labels(&self) -> Option<HecLabels> {
-        match self {
-            AnySink::File(s) => s.labels(),
-            AnySink::SplunkHec(s) => s.labels(),
-            AnySink::Syslog(s) => s.labels(),
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.labels(),
-        }
-    }
-
-    async fn submit(&mut self, batch: &[Event]) -> Result<Receipt, SinkError> {
-        match self {
-            AnySink::File(s) => s.submit(batch).await,
-            AnySink::SplunkHec(s) => s.submit(batch).await,
-            AnySink::Syslog(s) => s.submit(batch).await,
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.submit(batch).await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> Result<(), SinkError> {
-        match self {
-            AnySink::File(s) => s.shutdown().await,
-            AnySink::SplunkHec(s) => s.shutdown().await,
-            AnySink::Syslog(s) => s.shutdown().await,
-            #[cfg(feature = "kafka")]
-            AnySink::Kafka(s) => s.shutdown().await,
-        }
-    }
 }

@@ -14,7 +14,8 @@
 //! **Window.** Like Vector's adaptive request concurrency, reduced to what a serial
 //! submitter needs: it starts at the sink's `max_in_flight` (a batch in flight costs the
 //! relay only its sequence numbers), halves — at most once per round trip — when the
-//! destination pushes back (busy, unavailable, acknowledgement timeout), and grows by one per
+//! destination pushes back on batches in flight (an acknowledgement timeout; a refused
+//! submission pauses all submissions instead, see `sink_worker.rs`), and grows by one per
 //! confirmed batch that was sent into a full window while the round trip held (no longer
 //! than [`RTT_TOLERANCE`] × its moving average).
 

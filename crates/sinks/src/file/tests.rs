@@ -1,6 +1,6 @@
 use super::*;
 use crate::event::testdata::*;
-use crate::sink::AnySink;
+use crate::AnySink;
 use relay_config::Feed;
 
 fn batch(ids: std::ops::Range<usize>) -> Vec<Event> {

@@ -18,6 +18,16 @@
 //!   confirmed; its batch fails at once as unacknowledged and is sent again.
 //! * **Refused for good** (ack disabled on the token, bad token): every pending batch fails
 //!   with the refusal.
+//! * **Lost by the indexers.** Splunk never reports a request whose data the indexers lost;
+//!   waiting out `indexer_ack.timeout_secs` (300 s by default) for it would delay its items
+//!   by five minutes. So an id is also given up once ids registered *after* it have been
+//!   confirmed and it has waited [`LOST_AFTER_FACTOR`] × the usual confirmation time (a
+//!   moving average), at least [`LOST_AFTER_MIN`]: the indexers are keeping up, just not
+//!   with this one. While nothing is confirmed (a busy or slow indexer, a busy ack
+//!   endpoint) nothing is overtaken and only the configured timeout applies, so a slow
+//!   Splunk gets no flood of resends. Splunk's acknowledgements are not strictly in order
+//!   across indexers, which is what the floor is for; a batch given up too early is only
+//!   sent twice (a duplicate), never lost.
 
 use super::client::{display_url, HecClient};
 use super::request::ack_query_body;
@@ -33,11 +43,20 @@ use tracing::{debug, warn};
 /// The shortest wait between two ack queries, and the first one.
 pub(crate) const FIRST_QUERY_AFTER: Duration = Duration::from_millis(100);
 
+/// An id overtaken by later confirmations is given up after this many times the usual
+/// confirmation time...
+pub(crate) const LOST_AFTER_FACTOR: f64 = 3.0;
+/// ...but never before it waited this long.
+pub(crate) const LOST_AFTER_MIN: Duration = Duration::from_secs(10);
+
 /// Why an outstanding `ackId` ended without being confirmed.
 #[derive(Debug)]
 pub(crate) enum AckFailure {
     /// Not reported indexed by its deadline: resend the batch.
     Timeout,
+    /// Ids registered after it were confirmed and it waited well past the usual time: the
+    /// indexers lost it; resend the batch. Carries how long it waited.
+    Overtaken(Duration),
     /// HEC handed the same id out again (its statuses were reset): resend the batch.
     Reset,
     /// The ack endpoint refused the query for good (ack disabled on the token, bad token).
@@ -47,6 +66,7 @@ pub(crate) enum AckFailure {
 }
 
 struct Waiter {
+    registered: Instant,
     deadline: Instant,
     tx: oneshot::Sender<Result<(), AckFailure>>,
 }
@@ -56,6 +76,26 @@ struct Pending {
     ids: HashMap<u64, Waiter>,
     /// A poller task is running (it ends once nothing is pending).
     polling: bool,
+    /// Moving average of registration → confirmation, seconds.
+    usual: Option<f64>,
+    /// The latest registration among the confirmed ids: anything registered before it and
+    /// still pending has been overtaken.
+    newest_confirmed: Option<Instant>,
+}
+
+impl Pending {
+    /// How long an overtaken id may wait before it counts as lost.
+    fn lost_after(&self) -> Duration {
+        let usual = Duration::from_secs_f64(self.usual.unwrap_or(0.0) * LOST_AFTER_FACTOR);
+        usual.max(LOST_AFTER_MIN)
+    }
+
+    /// `w` was confirmed at `now`.
+    fn confirmed(&mut self, w: &Waiter, now: Instant) {
+        let took = now.duration_since(w.registered).as_secs_f64();
+        self.usual = Some(self.usual.map_or(took, |u| u * 0.9 + took * 0.1));
+        self.newest_confirmed = self.newest_confirmed.max(Some(w.registered));
+    }
 }
 
 /// The outstanding ack ids of one sink's channel. See the module docs.
@@ -105,7 +145,12 @@ impl AckTracker {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut p = self.lock();
-            if let Some(old) = p.ids.insert(id, Waiter { deadline, tx }) {
+            let waiter = Waiter {
+                registered: Instant::now(),
+                deadline,
+                tx,
+            };
+            if let Some(old) = p.ids.insert(id, waiter) {
                 warn!(
                     sink = %self.sink,
                     ack_id = id,
@@ -167,8 +212,10 @@ impl AckTracker {
                     Ok(status) => {
                         let mut p = self.lock();
                         let mut confirmed = 0;
+                        let now = Instant::now();
                         for id in ids.iter().filter(|id| status.is_acked(**id)) {
                             if let Some(w) = p.ids.remove(id) {
+                                p.confirmed(&w, now);
                                 let _ = w.tx.send(Ok(()));
                                 confirmed += 1;
                             }
@@ -220,18 +267,32 @@ impl AckTracker {
         }
     }
 
-    /// Ends the waits whose deadline passed.
+    /// Ends the waits whose deadline passed, and those overtaken for too long (see the
+    /// module docs).
     fn expire(&self, now: Instant) {
         let mut p = self.lock();
-        let late: Vec<u64> = p
+        let lost_after = p.lost_after();
+        let newest = p.newest_confirmed;
+        let late: Vec<(u64, AckFailure)> = p
             .ids
             .iter()
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
+            .filter_map(|(id, w)| {
+                let waited = now.duration_since(w.registered);
+                if w.deadline <= now {
+                    Some((*id, AckFailure::Timeout))
+                } else if newest.is_some_and(|n| n > w.registered) && waited >= lost_after {
+                    Some((*id, AckFailure::Overtaken(waited)))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in late {
+        for (id, failure) in late {
             if let Some(w) = p.ids.remove(&id) {
-                let _ = w.tx.send(Err(AckFailure::Timeout));
+                if let AckFailure::Overtaken(waited) = failure {
+                    debug!(sink = %self.sink, ack_id = id, ?waited, "ack id overtaken by later confirmations; taken as lost");
+                }
+                let _ = w.tx.send(Err(failure));
             }
         }
     }

@@ -223,6 +223,17 @@ pub enum HecUnavailable {
         timeout: Duration,
     },
 
+    /// Requests sent after the batch were acknowledged and the batch was not, long past the
+    /// usual time: taken as lost by the indexers and sent again (duplicates possible).
+    #[error(
+        "indexers acknowledged later requests but not the batch within {waited:?}; taking it \
+         as lost and sending it again"
+    )]
+    AckOvertaken {
+        /// How long the batch waited.
+        waited: Duration,
+    },
+
     /// HEC handed out one of the batch's ack ids again before confirming it: its statuses
     /// were reset (a Splunk restart), so the batch can never be confirmed; it is sent again
     /// (duplicates possible).

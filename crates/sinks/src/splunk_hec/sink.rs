@@ -362,7 +362,16 @@ impl Sink for SplunkHecSink {
                         total,
                         timeout,
                     }),
-                    AckFailure::Reset => unavailable(HecUnavailable::AckReset),
+                    AckFailure::Overtaken(waited) => SinkError::Lost {
+                        sink: sink.clone(),
+                        destination: destination.clone(),
+                        source: Box::new(HecUnavailable::AckOvertaken { waited }),
+                    },
+                    AckFailure::Reset => SinkError::Lost {
+                        sink: sink.clone(),
+                        destination: destination.clone(),
+                        source: Box::new(HecUnavailable::AckReset),
+                    },
                     AckFailure::Closed => unavailable(HecUnavailable::Busy(
                         "the sink shut down before the indexers acknowledged the batch".into(),
                     )),

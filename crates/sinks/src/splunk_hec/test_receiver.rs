@@ -20,8 +20,10 @@
 //!   envelopes before the bad one; a test should not depend on either).
 //! * Indexer acknowledgement per [`AckMode`], ack ids per channel from 0, statuses forgotten
 //!   once reported `true` and on restart (as Splunk keeps them in memory).
-//! * Faults: [`set_busy`](HecReceiver::set_busy) (503 code 9), canned replies
-//!   ([`push_reply`](HecReceiver::push_reply)), unhealthy health endpoint,
+//! * Faults: [`set_busy`](HecReceiver::set_busy) (503 code 9) for a number of requests or
+//!   [`set_busy_until`](HecReceiver::set_busy_until) a moment, canned replies
+//!   ([`push_reply`](HecReceiver::push_reply)), connections reset after indexing
+//!   ([`set_reset_every`](HecReceiver::set_reset_every)), unhealthy health endpoint,
 //!   [`stop`](HecReceiver::stop) / [`restart`](HecReceiver::restart) on the same port.
 //! * TLS (rustls, ring) with an optional client CA for mutual TLS.
 //!
@@ -115,6 +117,14 @@ pub enum AckMode {
     NeverEvery(u64),
     /// Only the `n`-th request (1-based, as in `NeverEvery`) is never acknowledged.
     NeverNth(u64),
+    /// Every `every`-th request (as in `NeverEvery`) is lost; the others are acknowledged
+    /// at the first query `delay` after they arrived.
+    DelayLosingEvery {
+        /// The indexers' delay.
+        delay: std::time::Duration,
+        /// One request in this many is never acknowledged.
+        every: u64,
+    },
 }
 
 /// One accepted envelope.
@@ -126,6 +136,14 @@ pub struct ReceivedEvent {
     pub channel: Option<String>,
     /// The request's ack id, with indexer ack on.
     pub ack_id: Option<u64>,
+    /// False when the request is one the indexers lost (never acknowledged, per
+    /// [`AckMode`]): a Splunk search would not find it.
+    pub indexed: bool,
+    /// False when the request's connection was reset instead of answered
+    /// ([`set_reset_every`](HecReceiver::set_reset_every)): the sink sends it again.
+    pub answered: bool,
+    /// When the request arrived.
+    pub received: std::time::SystemTime,
 }
 
 /// One request as the receiver saw it.
@@ -165,6 +183,14 @@ struct ReceiverState {
     requests: Vec<ReceivedRequest>,
     busy: usize,
     ack_busy: usize,
+    /// Event POSTs and ack queries answer 503 code 9 until then.
+    busy_until: Option<std::time::Instant>,
+    /// Every n-th accepted event request has its connection reset instead of an answer.
+    reset_every: u64,
+    /// Event requests accepted (for `reset_every`).
+    accepted_requests: u64,
+    /// Connections reset after indexing.
+    resets: u64,
     canned: VecDeque<(u16, String)>,
     unhealthy: bool,
     ack_mode: AckMode,
@@ -233,6 +259,10 @@ impl HecReceiver {
                     requests: Vec::new(),
                     busy: 0,
                     ack_busy: 0,
+                    busy_until: None,
+                    reset_every: 0,
+                    accepted_requests: 0,
+                    resets: 0,
                     canned: VecDeque::new(),
                     unhealthy: false,
                     ack_mode: AckMode::Immediate,
@@ -315,6 +345,27 @@ impl HecReceiver {
         lock(&self.shared).ack_busy = queries;
     }
 
+    /// Event POSTs and ack queries (with a valid token) get 503 code 9 "Server is busy"
+    /// until `until` (`None`: from now on not); pending statuses are kept.
+    pub fn set_busy_until(&self, until: Option<std::time::Instant>) {
+        lock(&self.shared).busy_until = until;
+    }
+
+    /// Every `n`-th event request accepted from now on (0: none) is indexed and then gets no
+    /// answer: its connection is reset (RST), as when a load balancer or the network drops
+    /// it. The sink cannot tell it arrived, so it sends the batch again: a duplicate.
+    pub fn set_reset_every(&self, n: u64) {
+        let mut st = lock(&self.shared);
+        st.reset_every = n;
+        st.accepted_requests = 0;
+    }
+
+    /// How many connections were reset after indexing (see
+    /// [`set_reset_every`](Self::set_reset_every)).
+    pub fn resets(&self) -> u64 {
+        lock(&self.shared).resets
+    }
+
     /// The next event POST with a valid token gets this answer instead (queued in order).
     pub fn push_reply(&self, status: u16, body: &str) {
         lock(&self.shared)
@@ -373,7 +424,13 @@ impl HecReceiver {
                         Err(_) => continue,
                     },
                 };
-                let (router, tls, c) = (router.clone(), tls.clone(), c.clone());
+                // A second handle on the socket, to make a reset connection close with an
+                // RST rather than a FIN (only then: lingering off would also discard an
+                // answer still in the send buffer).
+                let socket = socket2::SockRef::from(&stream).try_clone().ok();
+                let reset = ConnReset(CancellationToken::new());
+                let router = router.clone().layer(axum::Extension(reset.clone()));
+                let (tls, c) = (tls.clone(), c.clone());
                 t.spawn(async move {
                     let conn = async move {
                         let svc = TowerToHyperService::new(router);
@@ -391,6 +448,11 @@ impl HecReceiver {
                     };
                     tokio::select! {
                         _ = c.cancelled() => {}
+                        _ = reset.0.cancelled() => {
+                            if let Some(socket) = &socket {
+                                let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+                            }
+                        }
                         _ = conn => {}
                     }
                 });
@@ -408,6 +470,10 @@ impl Drop for HecReceiver {
         }
     }
 }
+
+/// Cancelled to drop one connection without an answer.
+#[derive(Clone)]
+struct ConnReset(CancellationToken);
 
 fn lock(shared: &Shared) -> MutexGuard<'_, ReceiverState> {
     // A panicking test thread must not hide the recorded data from the others.
@@ -480,10 +546,17 @@ fn answer(status: StatusCode, text: &str, code: i64) -> Answer {
 async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
     let limit = shared.config.max_content_length;
+    let mut reset = false;
     let (answer, wire_len, decoded) = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => {
-            let (answer, decoded) =
-                respond(&shared, &parts.method, &parts.uri, &parts.headers, &bytes);
+            let (answer, decoded) = respond(
+                &shared,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                &bytes,
+                &mut reset,
+            );
             (
                 answer,
                 bytes.len(),
@@ -506,6 +579,13 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    if reset {
+        if let Some(conn) = parts.extensions.get::<ConnReset>() {
+            conn.0.cancel();
+            // The connection task drops this request with its connection.
+            std::future::pending::<()>().await;
+        }
+    }
     if !shared.config.record {
         return (
             answer.0,
@@ -534,19 +614,21 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
         .into_response()
 }
 
-/// The answer, and the decoded body when it was gzipped.
+/// The answer, and the decoded body when it was gzipped; `reset` set when the answer is to
+/// be replaced by a reset connection.
 fn respond(
     shared: &Shared,
     method: &Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
+    reset: &mut bool,
 ) -> (Answer, Option<Vec<u8>>) {
     let path = uri.path();
     if is_event_path(path) && method == Method::POST {
         match decode(headers, body) {
             Ok(decoded) => {
-                let a = event(shared, uri, headers, &decoded);
+                let a = event(shared, uri, headers, &decoded, reset);
                 (a, Some(decoded))
             }
             Err(a) => (a, None),
@@ -669,15 +751,26 @@ fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Answer> {
     }
 }
 
-fn event(shared: &Shared, uri: &axum::http::Uri, headers: &HeaderMap, body: &[u8]) -> Answer {
+/// Whether HEC is busy for a while now (`set_busy_until`).
+fn busy_now(st: &ReceiverState) -> bool {
+    st.busy_until.is_some_and(|t| std::time::Instant::now() < t)
+}
+
+fn event(
+    shared: &Shared,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    reset: &mut bool,
+) -> Answer {
     let config = &shared.config;
     if let Err(a) = check_token(config, headers) {
         return a;
     }
     {
         let mut st = lock(shared);
-        if st.busy > 0 {
-            st.busy -= 1;
+        if st.busy > 0 || busy_now(&st) {
+            st.busy = st.busy.saturating_sub(1);
             return answer(StatusCode::SERVICE_UNAVAILABLE, "Server is busy", 9);
         }
         if let Some((status, body)) = st.canned.pop_front() {
@@ -712,6 +805,14 @@ fn event(shared: &Shared, uri: &axum::http::Uri, headers: &HeaderMap, body: &[u8
                 AckMode::NeverEvery(_) => Due::Queries(0),
                 AckMode::NeverNth(n) if st.ack_requests == n => Due::Never,
                 AckMode::NeverNth(_) => Due::Queries(0),
+                AckMode::DelayLosingEvery { every, .. }
+                    if every > 0 && st.ack_requests % every == 0 =>
+                {
+                    Due::Never
+                }
+                AckMode::DelayLosingEvery { delay, .. } => {
+                    Due::At(std::time::Instant::now() + delay)
+                }
             };
             let ch = st.channels.entry(c.clone()).or_default();
             let id = ch.next_id;
@@ -722,12 +823,25 @@ fn event(shared: &Shared, uri: &axum::http::Uri, headers: &HeaderMap, body: &[u8
         _ => None,
     };
     st.event_count += count;
+    let indexed = !ack_id
+        .and_then(|id| Some(st.channels.get(channel.as_ref()?)?.pending.get(&id)?.0))
+        .is_some_and(|due| matches!(due, Due::Never));
+    st.accepted_requests += 1;
+    if st.reset_every > 0 && st.accepted_requests % st.reset_every == 0 {
+        st.resets += 1;
+        *reset = true;
+    }
     if config.record {
+        let received = std::time::SystemTime::now();
+        let answered = !*reset;
         st.events
             .extend(envelopes.into_iter().map(|envelope| ReceivedEvent {
                 envelope,
                 channel: channel.clone(),
                 ack_id,
+                indexed,
+                answered,
+                received,
             }));
     }
     match ack_id {
@@ -862,8 +976,8 @@ fn ack(shared: &Shared, uri: &axum::http::Uri, headers: &HeaderMap, body: &[u8])
         return answer(StatusCode::BAD_REQUEST, "Invalid data format", 6);
     };
     let mut st = lock(shared);
-    if st.ack_busy > 0 {
-        st.ack_busy -= 1;
+    if st.ack_busy > 0 || busy_now(&st) {
+        st.ack_busy = st.ack_busy.saturating_sub(1);
         return answer(StatusCode::SERVICE_UNAVAILABLE, "Server is busy", 9);
     }
     st.ack_queries += 1;

@@ -52,6 +52,16 @@ fn ack_config(r: &HecReceiver, timeout: Duration) -> SplunkHecSinkConfig {
     c
 }
 
+/// The strict receiver with indexer acknowledgement on for its token.
+async fn ack_receiver() -> HecReceiver {
+    HecReceiver::start(HecReceiverConfig {
+        indexer_ack: true,
+        ..HecReceiverConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// The error's message and every source below it.
 fn chain(e: &SinkError) -> String {
     error_chain(e)
@@ -59,7 +69,7 @@ fn chain(e: &SinkError) -> String {
 
 fn hec_source(e: &SinkError) -> &HecUnavailable {
     match e {
-        SinkError::Unavailable { source, .. } => source
+        SinkError::Unavailable { source, .. } | SinkError::Lost { source, .. } => source
             .downcast_ref::<HecUnavailable>()
             .unwrap_or_else(|| panic!("source is not HecUnavailable: {e:?}")),
         other => panic!("expected Unavailable, got {other:?}"),
@@ -542,12 +552,7 @@ async fn healthcheck_reports_health_and_busy_health() {
 
 #[tokio::test]
 async fn indexer_ack_returns_ok_only_once_acknowledged() {
-    let r = HecReceiver::start(HecReceiverConfig {
-        indexer_ack: true,
-        ..HecReceiverConfig::default()
-    })
-    .await
-    .unwrap();
+    let r = ack_receiver().await;
     r.set_ack_mode(AckMode::AfterQueries(2));
     let channel = "0f8fad5b-d9cb-469f-a165-70867728950e";
     let mut c = ack_config(&r, Duration::from_secs(10));
@@ -585,12 +590,7 @@ async fn indexer_ack_returns_ok_only_once_acknowledged() {
 
 #[tokio::test]
 async fn a_batch_in_several_requests_waits_for_every_ack() {
-    let r = HecReceiver::start(HecReceiverConfig {
-        indexer_ack: true,
-        ..HecReceiverConfig::default()
-    })
-    .await
-    .unwrap();
+    let r = ack_receiver().await;
     let mut c = ack_config(&r, Duration::from_secs(10));
     c.batch.max_bytes = envelope("0").len();
     let mut s = sink(c);
@@ -606,12 +606,7 @@ async fn a_batch_in_several_requests_waits_for_every_ack() {
 
 #[tokio::test]
 async fn unacknowledged_batch_times_out_as_transient_and_is_resent() {
-    let r = HecReceiver::start(HecReceiverConfig {
-        indexer_ack: true,
-        ..HecReceiverConfig::default()
-    })
-    .await
-    .unwrap();
+    let r = ack_receiver().await;
     r.set_ack_mode(AckMode::Never);
     let mut s = sink(ack_config(&r, Duration::from_millis(400)));
     let started = std::time::Instant::now();
@@ -653,14 +648,57 @@ async fn unacknowledged_batch_times_out_as_transient_and_is_resent() {
     );
 }
 
+/// A request the indexers lost is never reported; once later batches were confirmed and it
+/// waited `LOST_AFTER_MIN`, it is given up as lost long before the configured 300 s, while
+/// the batch after it is confirmed at once.
+#[tokio::test]
+async fn a_batch_overtaken_by_later_acknowledgements_is_given_up_before_its_timeout() {
+    let r = ack_receiver().await;
+    r.set_ack_mode(AckMode::NeverNth(1));
+    let mut s = sink(ack_config(&r, Duration::from_secs(300)));
+    let started = std::time::Instant::now();
+    let lost = s.submit(&[small("lost")]).await.unwrap();
+    s.submit(&[small("next")])
+        .await
+        .unwrap()
+        .confirmed()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), lost.confirmed())
+        .await
+        .expect("given up before the 300 s timeout")
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.is_transient() && !err.is_push_back(), "{err:?}");
+    assert!(
+        matches!(hec_source(&err), HecUnavailable::AckOvertaken { .. }),
+        "{err:?}"
+    );
+    assert!(waited >= super::ack::LOST_AFTER_MIN, "{waited:?}");
+}
+
+/// While nothing is confirmed (the ack endpoint busy), a pending id is not overtaken: it
+/// waits, and is confirmed once the endpoint answers again.
+#[tokio::test]
+async fn nothing_is_given_up_as_lost_while_no_acknowledgement_comes() {
+    let r = ack_receiver().await;
+    let mut s = sink(ack_config(&r, Duration::from_secs(300)));
+    // One confirmed batch first, so that the tracker knows the usual (short) time.
+    s.send(&[small("first")]).await.unwrap();
+    r.set_ack_busy(usize::MAX);
+    let pending = s.submit(&[small("pending")]).await.unwrap();
+    tokio::time::sleep(super::ack::LOST_AFTER_MIN + Duration::from_secs(1)).await;
+    r.set_ack_busy(0);
+    tokio::time::timeout(Duration::from_secs(10), pending.confirmed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.events().len(), 2, "first and pending, nothing twice");
+}
+
 #[tokio::test]
 async fn ack_ids_lost_in_a_receiver_restart_mean_a_resend() {
-    let mut r = HecReceiver::start(HecReceiverConfig {
-        indexer_ack: true,
-        ..HecReceiverConfig::default()
-    })
-    .await
-    .unwrap();
+    let mut r = ack_receiver().await;
     r.set_ack_mode(AckMode::AfterQueries(1_000));
     let mut s = sink(ack_config(&r, Duration::from_secs(1)));
     let batch = [small("a")];

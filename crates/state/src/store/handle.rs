@@ -195,6 +195,12 @@ impl Outbox {
             .await
     }
 
+    /// See [`StateStore::read_rows`]: a batch read back to be sent again.
+    pub async fn read_rows(&self, sink: &str, seqs: Vec<i64>) -> Result<Vec<OutboxRow>> {
+        let sink = sink.to_owned();
+        self.0.blocking(move |s| s.read_rows(&sink, &seqs)).await
+    }
+
     /// See [`StateStore::ack`]; grouped with other writes.
     pub async fn ack(&self, sink: &str, up_to_seq: i64) -> Result<u64> {
         let sink = sink.to_owned();
