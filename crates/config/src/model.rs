@@ -32,6 +32,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[sinks.NAME]`, by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[playbooks.NAME]`, by name.
+    pub playbooks: BTreeMap<String, crate::PlaybookConfig>,
     /// Every tenant file, disabled ones included, ordered by file name.
     pub tenants: Vec<TenantConfig>,
 }
@@ -637,6 +639,8 @@ pub struct TenantConfig {
     pub tenant_id: String,
     /// `enabled` (default true).
     pub enabled: bool,
+    /// `playbooks` (default true): `false` opts the tenant out of every playbook.
+    pub playbooks: bool,
     /// `api` (default from `[defaults]`).
     pub api: Api,
     /// `streams` (default from `[defaults]`); non-empty, no duplicates.

@@ -159,6 +159,7 @@ pub(crate) struct RawTenant {
     pub name: Option<String>,
     pub tenant_id: Option<String>,
     pub enabled: Option<bool>,
+    pub playbooks: Option<bool>,
     pub streams: Option<Vec<String>>,
     pub sinks: Option<Vec<String>>,
     pub api: Option<String>,

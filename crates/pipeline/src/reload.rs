@@ -623,6 +623,7 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
         name,
         tenant_id,
         enabled,
+        playbooks,
         api,
         streams,
         sinks,
@@ -638,6 +639,7 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
     } = a;
     *name == b.name
         && *tenant_id == b.tenant_id
+        && *playbooks == b.playbooks
         && *enabled == b.enabled
         && *api == b.api
         && *streams == b.streams
