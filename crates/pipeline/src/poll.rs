@@ -266,6 +266,7 @@ impl FeedTask {
                     sinks: Arc::clone(&self.sink_names),
                     prune_seen_before: from,
                     outcome: None,
+                    actions: Vec::new(),
                 })
                 .await?;
             // Committed: from now on these versions are delivered.
@@ -294,6 +295,7 @@ impl FeedTask {
                 sinks: Arc::clone(&self.sink_names),
                 prune_seen_before: from,
                 outcome: Some(Ok(())),
+                actions: Vec::new(),
             })
             .await?;
         m.checkpoint = outcome.checkpoint;
