@@ -162,31 +162,14 @@ pub enum ActionOp {
     },
 }
 
-/// A journal row.
+/// A journal row: the decision as recorded (its `state` is the current one) and what
+/// happened since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionRecord {
     /// Row id: what `xdr-relay actions approve ID` names.
     pub id: i64,
-    /// Its key.
-    pub key: ActionKey,
-    /// `isolate` or `run_av_scan`.
-    pub action: String,
-    /// The API option.
-    pub option: String,
-    /// The playbook's mode when decided.
-    pub mode: String,
-    /// Where it stands.
-    pub state: ActionState,
-    /// Why it was limited.
-    pub reason: Option<String>,
-    /// The alert's incident.
-    pub incident_id: Option<String>,
-    /// The device's DNS name.
-    pub device_name: Option<String>,
-    /// The alert's title.
-    pub alert_title: Option<String>,
-    /// The alert's feed.
-    pub feed: String,
+    /// The decision; `state` is where it stands now.
+    pub decision: NewAction,
     /// The machine action id.
     pub machine_action_id: Option<String>,
     /// The latest detail.
@@ -208,21 +191,23 @@ fn record(row: &Row<'_>) -> rusqlite::Result<(ActionRecord, String, i64, i64)> {
     Ok((
         ActionRecord {
             id: row.get(0)?,
-            key: ActionKey {
-                playbook: row.get(1)?,
-                tenant: row.get(2)?,
-                alert_id: row.get(3)?,
-                device_id: row.get(4)?,
+            decision: NewAction {
+                key: ActionKey {
+                    playbook: row.get(1)?,
+                    tenant: row.get(2)?,
+                    alert_id: row.get(3)?,
+                    device_id: row.get(4)?,
+                },
+                action: row.get(5)?,
+                option: row.get(6)?,
+                mode: row.get(7)?,
+                state: ActionState::Failed,
+                reason: row.get(9)?,
+                incident_id: row.get(10)?,
+                device_name: row.get(11)?,
+                alert_title: row.get(12)?,
+                feed: row.get(13)?,
             },
-            action: row.get(5)?,
-            option: row.get(6)?,
-            mode: row.get(7)?,
-            state: ActionState::Failed,
-            reason: row.get(9)?,
-            incident_id: row.get(10)?,
-            device_name: row.get(11)?,
-            alert_title: row.get(12)?,
-            feed: row.get(13)?,
             machine_action_id: row.get(14)?,
             detail: row.get(15)?,
             created: DateTime::<Utc>::MIN_UTC,
@@ -354,7 +339,8 @@ impl StateStore {
                 table: "actions",
                 what,
             };
-            r.state = ActionState::parse(&state).ok_or_else(|| bad(format!("state {state}")))?;
+            r.decision.state =
+                ActionState::parse(&state).ok_or_else(|| bad(format!("state {state}")))?;
             r.created = from_ticks(created).ok_or_else(|| bad(format!("time {created}")))?;
             r.updated = from_ticks(updated).ok_or_else(|| bad(format!("time {updated}")))?;
             out.push(r);
@@ -374,7 +360,7 @@ impl StateStore {
         Ok(self
             .action_rows("WHERE tenant = ?1", &[&tenant])?
             .into_iter()
-            .map(|r| r.key)
+            .map(|r| r.decision.key)
             .collect())
     }
 
@@ -511,7 +497,7 @@ mod tests {
         let store = state.store();
         let rows = store.open_actions().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].state, ActionState::Queued);
+        assert_eq!(rows[0].decision.state, ActionState::Queued);
         assert_eq!(store.depth("out").unwrap().rows, 1);
         let id = rows[0].id;
 
@@ -539,9 +525,12 @@ mod tests {
         assert!(matches!(err, StateError::ActionConflict { .. }), "{err}");
         assert_eq!(store.depth("out").unwrap().rows, 2);
         let row = store.action(id).unwrap().unwrap();
-        assert_eq!(row.state, ActionState::Sending);
+        assert_eq!(row.decision.state, ActionState::Sending);
         assert_eq!(row.machine_action_id.as_deref(), Some("ma-1"));
-        assert_eq!(store.action_keys("contoso").unwrap(), vec![row.key.clone()]);
+        assert_eq!(
+            store.action_keys("contoso").unwrap(),
+            vec![row.decision.key.clone()]
+        );
         assert_eq!(store.actions_since(row.created).unwrap().len(), 1);
     }
 
@@ -567,14 +556,14 @@ mod tests {
         let waiting = store.actions_in(&[ActionState::AwaitingApproval]).unwrap();
         assert_eq!(waiting.len(), 2);
         let a = store.decide_action(waiting[0].id, true, "alice").unwrap();
-        assert_eq!(a.state, ActionState::Approved);
+        assert_eq!(a.decision.state, ActionState::Approved);
         assert_eq!(a.detail.as_deref(), Some("approved by alice"));
         let err = store
             .decide_action(waiting[0].id, false, "bob")
             .unwrap_err();
         assert!(matches!(err, StateError::ActionConflict { ref state, .. } if state == "approved"));
         let b = store.decide_action(waiting[1].id, false, "bob").unwrap();
-        assert_eq!(b.state, ActionState::DenyRequested);
+        assert_eq!(b.decision.state, ActionState::DenyRequested);
         assert!(matches!(
             store.decide_action(999, true, "x").unwrap_err(),
             StateError::ActionConflict { .. }
