@@ -314,6 +314,10 @@ pub struct SplunkHecConfig {
     /// the sink then uses the add-on's sourcetype of the feed (`ms:defender:atp:alerts` for
     /// Defender for Endpoint alerts, `ms365:defender:incident:alerts` for Graph alerts).
     pub sourcetype_alerts: Option<String>,
+    /// Sourcetype of playbook audit events (`actions`): `sourcetypes.actions`, else unset:
+    /// the sink then uses `xdr:relay:actions`. `sourcetype` does not apply: audit events
+    /// are not Defender documents.
+    pub sourcetype_actions: Option<String>,
     /// `host` (default unset: Splunk records the sender).
     pub host: Option<String>,
     /// `gzip` (default true).
@@ -339,6 +343,7 @@ impl SplunkHecConfig {
         match stream {
             Stream::Incidents => self.sourcetype_incidents.as_deref(),
             Stream::Alerts => self.sourcetype_alerts.as_deref(),
+            Stream::Actions => self.sourcetype_actions.as_deref(),
         }
     }
 }

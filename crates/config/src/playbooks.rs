@@ -154,6 +154,12 @@ impl TenantSelector {
 pub struct Pattern(Regex);
 
 impl Pattern {
+    /// Compiles `source` (what config loading does for each regex key); the error is the
+    /// regex crate's message.
+    pub fn new(source: &str) -> Result<Pattern, String> {
+        Regex::new(source).map(Pattern).map_err(|e| e.to_string())
+    }
+
     /// Whether the pattern matches somewhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
         self.0.is_match(text)

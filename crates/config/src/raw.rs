@@ -93,6 +93,7 @@ pub(crate) struct RawHecSink {
 pub(crate) struct RawPerStream {
     pub incidents: Option<String>,
     pub alerts: Option<String>,
+    pub actions: Option<String>,
 }
 
 /// `[sinks.NAME.batch]`.

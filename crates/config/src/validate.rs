@@ -473,6 +473,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
     let per_stream = raw.sourcetypes.unwrap_or_default();
     let st_incidents = ctx.non_empty(&k("sourcetypes.incidents"), per_stream.incidents);
     let st_alerts = ctx.non_empty(&k("sourcetypes.alerts"), per_stream.alerts);
+    let st_actions = ctx.non_empty(&k("sourcetypes.actions"), per_stream.actions);
     let host = ctx.non_empty(&k("host"), raw.host);
     let request_timeout = ctx.secs_in(
         &k("request_timeout_secs"),
@@ -562,6 +563,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         source,
         sourcetype_incidents: st_incidents.or_else(|| sourcetype.clone()),
         sourcetype_alerts: st_alerts.or(sourcetype),
+        sourcetype_actions: st_actions?,
         host,
         gzip: raw.gzip.unwrap_or(true),
         gzip_level: u32::try_from(gzip_level?).ok()?,

@@ -723,6 +723,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         source,
         sourcetype_incidents,
         sourcetype_alerts,
+        sourcetype_actions,
         host,
         gzip,
         gzip_level,
@@ -738,6 +739,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         && *source == b.source
         && *sourcetype_incidents == b.sourcetype_incidents
         && *sourcetype_alerts == b.sourcetype_alerts
+        && *sourcetype_actions == b.sourcetype_actions
         && *host == b.host
         && *gzip == b.gzip
         && *gzip_level == b.gzip_level
