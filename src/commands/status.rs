@@ -24,21 +24,10 @@ pub struct Args {
 /// outbox depth and last delivery; per tenant credential: when it lapses, with a warning
 /// and the command that fixes it when that is within 14 days (or consent was revoked).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let env = super::process_env();
-    let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
+    let config = match super::state::config_with_state(&args.config) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    if !config.state.path.exists() {
-        eprintln!(
-            "{}: no state yet: the daemon has not run with this configuration",
-            config.state.path.display()
-        );
-        return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
-    }
     let store = match super::state::open(&config, super::state::Access::ReadOnly) {
         Ok(s) => s,
         Err(e) => {
