@@ -427,3 +427,43 @@ async fn approve_and_deny_through_the_cli_while_the_daemon_runs() {
         approve_id
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_permission_is_an_audited_failure_naming_the_fix() {
+    let h = Harness::start(setup(
+        &playbook("iso", "enforce", WIDE),
+        Duration::from_secs(2),
+    ))
+    .await;
+    for t in h.sim.tenants() {
+        h.sim
+            .set_machine_permissions(
+                &t.tenant_id,
+                relay_sim::MachinePermissions {
+                    isolate: false,
+                    scan: true,
+                },
+            )
+            .unwrap();
+    }
+    let relay = KillOnDrop(h.spawn_relay(0));
+    let ok = wait_for(Duration::from_secs(60), || {
+        let want = alert_devices(&h);
+        !want.is_empty() && with_outcome(&h, "failed") == want
+    })
+    .await;
+    drop(relay);
+    assert!(ok, "{:?}\n{}", audits(&h), h.log(0));
+    for a in audits(&h).iter().filter(|a| a.3 == "failed") {
+        let detail = a.4["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("403"), "{detail}");
+        assert!(
+            detail.contains(
+                "grant the app the Machine.Isolate application permission of WindowsDefenderATP"
+            ),
+            "{detail}"
+        );
+    }
+    // Refused before the body check: the simulator recorded no request, and nothing retries.
+    assert!(h.sim.machine_action_requests().is_empty());
+}

@@ -161,9 +161,8 @@ mod tests {
     use super::*;
     use relay_state::{ActionKey, ActionState};
 
-    #[test]
-    fn an_audit_event_names_playbook_alert_device_and_outcome() {
-        let decision = NewAction {
+    fn decision() -> NewAction {
+        NewAction {
             key: ActionKey {
                 playbook: "iso".into(),
                 tenant: "contoso".into(),
@@ -179,11 +178,14 @@ mod tests {
             device_name: Some("host1".into()),
             alert_title: Some("Ransomware".into()),
             feed: "graph_alerts".into(),
-        };
+        }
+    }
+
+    fn sent() -> Event {
         let at: DateTime<Utc> = "2026-01-02T03:04:05.5Z".parse().unwrap();
-        let e = event(
+        event(
             "tid",
-            &decision,
+            &decision(),
             Outcome::Sent,
             Extra {
                 action_id: Some(3),
@@ -192,7 +194,43 @@ mod tests {
             },
             at,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn every_sink_formats_audit_events_as_the_actions_stream() {
+        let e = sent();
+        let mut hec = Vec::new();
+        relay_sinks::hec::encode_event(&e, &relay_sinks::hec::HecOptions::default(), &mut hec);
+        let hec: serde_json::Value = serde_json::from_slice(&hec).unwrap();
+        assert_eq!(hec["sourcetype"], "xdr:relay:actions");
+        assert_eq!(hec["fields"]["stream"], "actions");
+        assert_eq!(hec["event"]["outcome"], "sent");
+        assert_eq!(
+            relay_sinks::cef::to_line(&e, &relay_sinks::cef::CefOptions::default()),
+            "CEF:0|xdr-relay|playbooks|1.0|playbook:sent|playbook iso: isolate host1: sent|5|\
+             act=isolate outcome=sent rt=1767323045500 dhost=host1 deviceExternalId=tid \
+             cs1Label=Playbook cs1=iso cs2Label=AlertId cs2=da1 cs3Label=MdeDeviceId cs3=m1 \
+             cs4Label=Mode cs4=enforce cs6Label=MachineActionId cs6=ma flexString1Label=Option \
+             flexString1=Selective flexString2Label=IncidentId flexString2=7 cn1=3 \
+             cn1Label=ActionId cat=contoso"
+        );
+        let mut line = Vec::new();
+        relay_sinks::jsonl::encode_line(&e, &mut line);
+        let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(line["stream"], "actions");
+        assert_eq!(line["event"]["device_id"], "m1");
+        let topic = relay_sinks::Template::parse("defender.{tenant}.{stream}").unwrap();
+        assert_eq!(topic.render(&e), "defender.contoso.actions");
+        // Through the outbox and back, as the sink workers read it.
+        let back = Event::from_outbox_bytes(&e.to_outbox_bytes()).unwrap();
+        assert_eq!(back.stream, Stream::Actions);
+        assert_eq!(back.raw.get(), e.raw.get());
+    }
+
+    #[test]
+    fn an_audit_event_names_playbook_alert_device_and_outcome() {
+        let e = sent();
         assert_eq!(e.stream, Stream::Actions);
         assert_eq!(e.feed, Feed::GraphAlerts);
         assert_eq!(e.id, "iso:da1:m1");
