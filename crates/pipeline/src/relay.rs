@@ -264,6 +264,7 @@ impl Relay {
         let poll_tasks = TaskTracker::new();
         let poll_root = shutdown.child_token();
         let playbooks = start_playbooks(
+            &status,
             &config,
             &state,
             &writes,
@@ -345,6 +346,7 @@ impl Relay {
 /// sinks drain, so its last audit events are delivered). `None` without playbooks.
 #[allow(clippy::too_many_arguments)]
 fn start_playbooks(
+    status: &StatusHandle,
     config: &Config,
     state: &Arc<StateStore>,
     writes: &State,
@@ -405,6 +407,7 @@ fn start_playbooks(
             .run(cancel.clone())
             .instrument(info_span!("playbooks", stream = "actions")),
     );
+    status.attach_actions(Arc::clone(&stats));
     Ok(Some(Playbooks { decider, stats }))
 }
 
