@@ -8,7 +8,7 @@ use relay_state::NewAction;
 use serde::Serialize;
 
 /// What an audit event reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Dry run: this is what would have been sent.

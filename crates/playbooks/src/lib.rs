@@ -1,5 +1,5 @@
 //! relay-playbooks: response playbooks. For each new alert version, decide which
-//! playbooks act on which devices it names ([`Decider`], pure matching in [`matches`]),
+//! playbooks act on which devices it names ([`Decider`], pure matching in [`matches()`]),
 //! journal each decision once in the state store together with its audit event
 //! ([`audit`]), and carry out what was decided ([`Executor`]: the Defender for Endpoint
 //! machine action, followed to its end, inside the machine-action quota).
