@@ -85,6 +85,41 @@ pub fn render(
     ] {
         e.family(name, kind, help).sample(&[], value as f64);
     }
+    let families = [
+        relay_defender::ApiFamily::M365d,
+        relay_defender::ApiFamily::Mde,
+        relay_defender::ApiFamily::Graph,
+    ];
+    {
+        let mut f = e.family(
+            "xdr_relay_api_quota_headroom_ratio",
+            Gauge,
+            "Room left in the API quotas, 1 (idle) to 0 (at the limit): scope app is the budget \
+             all tenants share (Graph), tightest_tenant the tenant closest to its own quota (0 \
+             while one waits out a Retry-After).",
+        );
+        for family in families {
+            let h = &g.quota[family.index()];
+            for (scope, room) in [("app", h.app), ("tightest_tenant", h.tightest_tenant)] {
+                if let Some(room) = room {
+                    f.sample(&[("api", family.as_str()), ("scope", scope)], room);
+                }
+            }
+        }
+    }
+    {
+        let mut f = e.family(
+            "xdr_relay_api_quota_learned_total",
+            Counter,
+            "Tenant quotas lowered because a 429 stated a lower quota than the relay kept to.",
+        );
+        for family in families {
+            f.sample(
+                &[("api", family.as_str())],
+                g.quota[family.index()].learned as f64,
+            );
+        }
+    }
 
     if !status.actions.is_empty() {
         let mut f = e.family(
@@ -493,6 +528,19 @@ mod tests {
             state_synced_commits: 1,
             state_segment_syncs: 5,
             state_grouped_writes: 120,
+            quota: [
+                relay_defender::QuotaHeadroom {
+                    app: None,
+                    tightest_tenant: Some(0.25),
+                    learned: 1,
+                },
+                relay_defender::QuotaHeadroom::default(),
+                relay_defender::QuotaHeadroom {
+                    app: Some(0.5),
+                    tightest_tenant: Some(1.0),
+                    learned: 0,
+                },
+            ],
         };
         let credentials = [Expiry {
             tenant: "contoso".into(),
@@ -531,6 +579,16 @@ xdr_relay_state_segment_syncs_total 5
 # HELP xdr_relay_state_writes_total Writes (poll commits, poll outcomes, acks, auth states) carried by group commits.
 # TYPE xdr_relay_state_writes_total counter
 xdr_relay_state_writes_total 120
+# HELP xdr_relay_api_quota_headroom_ratio Room left in the API quotas, 1 (idle) to 0 (at the limit): scope app is the budget all tenants share (Graph), tightest_tenant the tenant closest to its own quota (0 while one waits out a Retry-After).
+# TYPE xdr_relay_api_quota_headroom_ratio gauge
+xdr_relay_api_quota_headroom_ratio{api="m365d",scope="tightest_tenant"} 0.25
+xdr_relay_api_quota_headroom_ratio{api="graph",scope="app"} 0.5
+xdr_relay_api_quota_headroom_ratio{api="graph",scope="tightest_tenant"} 1
+# HELP xdr_relay_api_quota_learned_total Tenant quotas lowered because a 429 stated a lower quota than the relay kept to.
+# TYPE xdr_relay_api_quota_learned_total counter
+xdr_relay_api_quota_learned_total{api="m365d"} 1
+xdr_relay_api_quota_learned_total{api="mde"} 0
+xdr_relay_api_quota_learned_total{api="graph"} 0
 # HELP xdr_relay_polls_total Polls that ran, by outcome (success or failure); skipped polls are not counted.
 # TYPE xdr_relay_polls_total counter
 xdr_relay_polls_total{tenant="contoso",stream="alerts",outcome="success"} 3

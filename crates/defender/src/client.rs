@@ -20,7 +20,7 @@ use crate::admission::{Admission, AdmissionLimits, Answer, HeldSlot, RequestClas
 use crate::error::DefenderError;
 use crate::pager::WindowPager;
 use crate::parse::{looks_like_html, parse_page, snippet, Page, ParseError};
-use crate::ratelimit::{ApiFamily, RateLimiter, RateLimits};
+use crate::ratelimit::{stated_quota, ApiFamily, RateLimiter, RateLimits};
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::token::{AccessToken, TokenProvider};
 
@@ -262,6 +262,16 @@ impl DefenderClient {
                 } => {
                     throttled += 1;
                     attempts -= 1;
+                    if let Some((limit, per)) = stated_quota(&detail) {
+                        if let Some(kept) =
+                            inner.limiter.learn(&tenant.tenant_id, family, limit, per)
+                        {
+                            warn!(url = %endpoint, api = family.as_str(),
+                                "the API states tenant {}'s quota as {limit} requests per {per:?}, \
+                                 lower than the relay kept to; keeping to {} per {per:?} from now on",
+                                tenant.name, kept.limit);
+                        }
+                    }
                     let wait = retry_after
                         .unwrap_or_else(|| self.backoff(throttled - 1).max(Duration::from_secs(1)));
                     inner.limiter.block(&tenant.tenant_id, family, wait);
@@ -469,6 +479,20 @@ fn classify(
                 detail: error_detail(body, is_html),
             },
         }),
+        s if s.is_redirection() => Err(Failure::Fatal(PendingError::Api {
+            status: s.as_u16(),
+            // Not followed: the list endpoints never redirect, and a bearer token must
+            // not follow one. Where it pointed is what the operator needs (a proxy or
+            // gateway in the way, a wrong `endpoints` override).
+            detail: match headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| Url::parse(l).ok())
+            {
+                Some(to) => format!("redirect to {} (not followed)", endpoint_of(&to)),
+                None => "redirect (not followed)".to_string(),
+            },
+        })),
         s => Err(Failure::Fatal(PendingError::Api {
             status: s.as_u16(),
             detail: error_detail(body, is_html),

@@ -46,6 +46,8 @@ pub use machine_actions::{
 };
 pub use pager::{Item, PagerStats, WindowPager};
 pub use parse::{parse_page, ItemFields, Page, PageItem, ParseError};
-pub use ratelimit::{ApiFamily, Quota, RateLimiter, RateLimits, ThrottleCounter};
+pub use ratelimit::{
+    stated_quota, ApiFamily, Quota, QuotaHeadroom, RateLimiter, RateLimits, ThrottleCounter,
+};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use token::{AccessToken, BoxError, TokenError, TokenProvider};

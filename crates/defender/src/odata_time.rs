@@ -44,18 +44,47 @@ pub fn ceil_tick(t: DateTime<Utc>) -> DateTime<Utc> {
 /// tick-aligned ([`floor_tick`] / [`ceil_tick`]); sub-tick nanoseconds are cut, which
 /// is why callers align first, choosing the direction that widens their window.
 pub fn filter_literal(t: DateTime<Utc>) -> String {
-    // chrono has no `%.7f` (only 3, 6 and 9 digits), so the ticks are printed by hand.
+    let mut out = String::with_capacity(28);
+    push_literal(&mut out, t);
+    out
+}
+
+/// Appends [`filter_literal`]`(t)` to `out`. Printed field by field rather than through
+/// chrono's `format`, which parses its pattern anew on every call (two literals per
+/// request, hundreds of requests a second); chrono has no `%.7f` anyway.
+pub fn push_literal(out: &mut String, t: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
     let ticks = (t.timestamp_subsec_nanos() % 1_000_000_000) / 100;
-    format!("{}.{ticks:07}Z", t.format("%Y-%m-%dT%H:%M:%S"))
+    let year = t.year();
+    // Years outside 0..=9999 keep chrono's RFC 3339 sign and width; no API has them.
+    let _ = if (0..=9999).contains(&year) {
+        write!(out, "{year:04}")
+    } else {
+        write!(out, "{year:+05}")
+    };
+    let _ = write!(
+        out,
+        "-{:02}-{:02}T{:02}:{:02}:{:02}.{ticks:07}Z",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
 }
 
 /// `$filter` selecting `lo <= field < hi`, with `lo` floored and `hi` ceiled to ticks.
 pub fn window_filter(field: &str, lo: DateTime<Utc>, hi: DateTime<Utc>) -> String {
-    format!(
-        "{field} ge {} and {field} lt {}",
-        filter_literal(floor_tick(lo)),
-        filter_literal(ceil_tick(hi))
-    )
+    let mut out = String::with_capacity(2 * field.len() + 72);
+    out.push_str(field);
+    out.push_str(" ge ");
+    push_literal(&mut out, floor_tick(lo));
+    out.push_str(" and ");
+    out.push_str(field);
+    out.push_str(" lt ");
+    push_literal(&mut out, ceil_tick(hi));
+    out
 }
 
 #[cfg(test)]
@@ -127,6 +156,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn literal_prints_as_chrono_would(ticks in 0i64..90_000_000_000_000_000) {
+            let t = at(ticks * 100);
+            let sub = (t.timestamp_subsec_nanos() % 1_000_000_000) / 100;
+            let chrono = format!("{}.{sub:07}Z", t.format("%Y-%m-%dT%H:%M:%S"));
+            prop_assert_eq!(filter_literal(t), chrono);
+        }
+
         #[test]
         fn tick_literal_parses_back_to_the_same_instant(ticks in 0i64..41_024_000_000_000_000) {
             let t = at(ticks * 100);

@@ -195,7 +195,7 @@ impl WindowPager {
 
     /// The next batch of items, `None` once the window is exhausted. The batch keeps an
     /// admission slot until the next call (or until the pager is dropped), so commit its
-    /// items before asking for more. Items may repeat
+    /// items before asking for more; the call that answers `None` frees it. Items may repeat
     /// across batches (ties at split points); the caller dedups on (id, last update).
     /// After an error the pager keeps its place: calling again retries that page.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Item>>, DefenderError> {
@@ -216,6 +216,9 @@ impl WindowPager {
     async fn next_page_inner(&mut self) -> Result<Option<Vec<Item>>, DefenderError> {
         loop {
             let Some(cursor) = self.cursor.clone() else {
+                // The window is done: nothing of it is held any more, so neither is its
+                // slot (the caller may still be committing the window's end).
+                self.held = None;
                 return Ok(None);
             };
             let url = match &cursor.link {
@@ -482,47 +485,71 @@ impl Step {
 
 /// The list request for one sub-window of `feed`.
 fn list_url(base: &Url, feed: Feed, sub: SubWindow, top: u32, skip: u32) -> Url {
+    use std::fmt::Write;
     let path = match feed {
         Feed::M365dIncidents => "api/incidents",
         Feed::MdeAlerts => "api/alerts",
         Feed::GraphIncidents => "v1.0/security/incidents",
         Feed::GraphAlerts => "v1.0/security/alerts_v2",
     };
-    let mut url = base.clone();
-    url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
-    let filter = window_filter(feed.time_field(), sub.lo, sub.hi);
-    let mut query = format!("$filter={}&$top={top}", encode(&filter));
+    let mut query = String::with_capacity(200);
+    query.push_str("$filter=");
+    encode_into(
+        &mut query,
+        &window_filter(feed.time_field(), sub.lo, sub.hi),
+    );
+    let _ = write!(query, "&$top={top}");
     if skip > 0 {
-        query.push_str(&format!("&$skip={skip}"));
+        let _ = write!(query, "&$skip={skip}");
     }
     match feed {
         Feed::M365dIncidents => {}
         Feed::MdeAlerts => query.push_str("&$expand=evidence"),
         Feed::GraphIncidents => {
             query.push_str("&$expand=alerts&$orderby=");
-            query.push_str(&encode("lastUpdateDateTime asc"));
+            encode_into(&mut query, "lastUpdateDateTime asc");
         }
         Feed::GraphAlerts => {
             query.push_str("&$orderby=");
-            query.push_str(&encode("lastUpdateDateTime asc"));
+            encode_into(&mut query, "lastUpdateDateTime asc");
         }
     }
+    // Written out whole and parsed once where the base allows (no query or fragment of
+    // its own): `set_path` and `set_query` each re-serialize and re-parse the URL, at
+    // hundreds of requests a second.
+    if base.query().is_none() && base.fragment().is_none() {
+        let whole = format!("{}/{path}?{query}", base.as_str().trim_end_matches('/'));
+        if let Ok(url) = Url::parse(&whole) {
+            return url;
+        }
+    }
+    let mut url = base.clone();
+    url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
     url.set_query(Some(&query));
     url
 }
 
 /// Percent-encodes a query value; `%20` for spaces, which every OData server decodes
 /// (a `+` is only a space to form decoders).
+#[cfg(test)]
 fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 16);
+    encode_into(&mut out, value);
+    out
+}
+
+/// Appends `value` percent-encoded (see `encode`).
+fn encode_into(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            out.push(b as char);
+            out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -114,6 +114,9 @@ pub struct RateLimits {
     pub mde: Vec<Quota>,
     /// Graph security: 150/min published.
     pub graph: Vec<Quota>,
+    /// Graph's budget for the whole app, every tenant's requests together: 130,000
+    /// requests per 10 s published (Microsoft Graph's global limit per app).
+    pub graph_app: Vec<Quota>,
 }
 
 impl Default for RateLimits {
@@ -122,6 +125,11 @@ impl Default for RateLimits {
             m365d: vec![Quota::per_minute(45), Quota::per_hour(1400)],
             mde: vec![Quota::per_minute(90), Quota::per_hour(1400)],
             graph: vec![Quota::per_minute(140)],
+            graph_app: vec![Quota {
+                limit: 120_000,
+                per: Duration::from_secs(10),
+                burst: 12_000,
+            }],
         }
     }
 }
@@ -136,14 +144,72 @@ impl RateLimits {
         }
     }
 
+    /// The budget `family` shares across every tenant of the app.
+    pub fn app_of(&self, family: ApiFamily) -> &[Quota] {
+        match family {
+            ApiFamily::Graph => &self.graph_app,
+            ApiFamily::M365d | ApiFamily::Mde => &[],
+        }
+    }
+
     /// No limits at all (tests against a simulator without quotas).
     pub fn unlimited() -> RateLimits {
         RateLimits {
             m365d: Vec::new(),
             mde: Vec::new(),
             graph: Vec::new(),
+            graph_app: Vec::new(),
         }
     }
+}
+
+/// Reads the quota a Defender 429 states, `… maximum allowed 45 per 00:01:00` (a .NET
+/// time span, `[d.]hh:mm:ss`), from an error message.
+pub fn stated_quota(message: &str) -> Option<(u32, Duration)> {
+    const MARK: &str = "maximum allowed ";
+    let at = message.to_ascii_lowercase().find(MARK)? + MARK.len();
+    let rest = message.get(at..)?;
+    let (limit, rest) = rest.split_once(' ')?;
+    let limit: u32 = limit.parse().ok().filter(|n| *n > 0)?;
+    let span = rest.strip_prefix("per ")?;
+    let span = span
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit());
+    let (days, clock) = match span.split_once('.') {
+        Some((d, c)) if c.contains(':') => (d.parse::<u64>().ok()?, c),
+        _ => (0, span),
+    };
+    let mut parts = clock.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
+    if parts.next().is_some() || m >= 60 || sec >= 60 {
+        return None;
+    }
+    let secs = ((days * 24 + h) * 60 + m) * 60 + sec;
+    (secs > 0).then(|| (limit, Duration::from_secs(secs)))
+}
+
+/// The quota the relay keeps to once the API stated `limit` per `per`: a tenth under it
+/// (at least one request), as the defaults sit under the published limits.
+fn under(limit: u32, per: Duration) -> Quota {
+    let keep = limit.saturating_sub((limit / 10).max(1)).max(1);
+    Quota {
+        limit: keep,
+        per,
+        burst: (keep / 5).max(1),
+    }
+}
+
+/// How much room a quota family has left now, from 1 (idle) to 0 (at its limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct QuotaHeadroom {
+    /// The app-wide budget's room (Graph), if the family has one.
+    pub app: Option<f64>,
+    /// The room of the tenant closest to its quota (0 while one is blocked by a
+    /// `Retry-After`), if any tenant used the family yet.
+    pub tightest_tenant: Option<f64>,
+    /// Quotas lowered since start because a 429 stated a lower one.
+    pub learned: u64,
 }
 
 #[derive(Debug)]
@@ -178,6 +244,29 @@ impl Bucket {
                 .max(Duration::from_millis(1))
         }
     }
+
+    /// The share of the bucket filled at `now`, without refilling it.
+    fn room(&self, now: Instant) -> f64 {
+        let tokens = if now <= self.updated {
+            self.tokens
+        } else {
+            let gained = now.saturating_duration_since(self.updated).as_secs_f64()
+                / self.quota.interval().as_secs_f64();
+            (self.tokens + gained).min(self.quota.capacity())
+        };
+        (tokens / self.quota.capacity()).clamp(0.0, 1.0)
+    }
+}
+
+fn buckets_of(quotas: &[Quota], now: Instant) -> Vec<Bucket> {
+    quotas
+        .iter()
+        .map(|q| Bucket {
+            quota: *q,
+            tokens: q.capacity(),
+            updated: now,
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -189,20 +278,30 @@ struct TenantBuckets {
 /// The buckets of one tenant, by family (see [`ApiFamily::index`]).
 type FamilySlots = [Option<Arc<Mutex<TenantBuckets>>>; 3];
 
-/// The token buckets of every (tenant, family) this process talks to.
+/// The token buckets of every (tenant, family) this process talks to, and the app-wide
+/// budgets above them.
 #[derive(Debug)]
 pub struct RateLimiter {
     limits: RateLimits,
     /// Keyed by tenant id alone so a lookup borrows the id instead of allocating a key.
     tenants: Mutex<HashMap<String, FamilySlots>>,
+    /// Per family (see [`ApiFamily::index`]): the buckets every tenant's requests share.
+    app: [Mutex<Vec<Bucket>>; 3],
+    /// Per family: quotas lowered by a 429's stated quota.
+    learned: [AtomicU64; 3],
 }
 
 impl RateLimiter {
     /// A limiter applying `limits` to every tenant.
     pub fn new(limits: RateLimits) -> RateLimiter {
+        let now = Instant::now();
+        let app = [ApiFamily::M365d, ApiFamily::Mde, ApiFamily::Graph]
+            .map(|f| Mutex::new(buckets_of(limits.app_of(f), now)));
         RateLimiter {
             limits,
             tenants: Mutex::new(HashMap::new()),
+            app,
+            learned: Default::default(),
         }
     }
 
@@ -213,18 +312,8 @@ impl RateLimiter {
         if let Some(found) = map.get(tenant_id).and_then(|f| f[family.index()].as_ref()) {
             return Arc::clone(found);
         }
-        let now = Instant::now();
         let created = Arc::new(Mutex::new(TenantBuckets {
-            buckets: self
-                .limits
-                .of(family)
-                .iter()
-                .map(|q| Bucket {
-                    quota: *q,
-                    tokens: q.capacity(),
-                    updated: now,
-                })
-                .collect(),
+            buckets: buckets_of(self.limits.of(family), Instant::now()),
             blocked_until: None,
         }));
         let slots = map.entry(tenant_id.to_string()).or_default();
@@ -245,10 +334,11 @@ impl RateLimiter {
         self.len() == 0
     }
 
-    /// Waits until `tenant_id` may send one more request to `family`, and takes the
-    /// permit.
+    /// Waits until `tenant_id` may send one more request to `family` (its own quota and
+    /// the app's budget both have room), and takes the permit.
     pub async fn acquire(&self, tenant_id: &str, family: ApiFamily) {
         let entry = self.entry(tenant_id, family);
+        let app = &self.app[family.index()];
         loop {
             let wait = {
                 let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,27 +347,94 @@ impl RateLimiter {
                     Some(until) if until > now => until - now,
                     _ => {
                         state.blocked_until = None;
-                        for bucket in &mut state.buckets {
-                            bucket.refill(now);
-                        }
-                        let wait = state
-                            .buckets
-                            .iter()
-                            .map(Bucket::wait_for_one)
-                            .max()
-                            .unwrap_or(Duration::ZERO);
+                        let wait = next_wait(&mut state.buckets, now);
                         if wait.is_zero() {
-                            for bucket in &mut state.buckets {
-                                bucket.tokens -= 1.0;
+                            // Lock order: tenant, then app; nothing takes them the other way.
+                            let mut shared = app.lock().unwrap_or_else(|e| e.into_inner());
+                            let shared_wait = next_wait(&mut shared, now);
+                            if shared_wait.is_zero() {
+                                for bucket in state.buckets.iter_mut().chain(shared.iter_mut()) {
+                                    bucket.tokens -= 1.0;
+                                }
+                                return;
                             }
-                            return;
+                            shared_wait
+                        } else {
+                            wait
                         }
-                        wait
                     }
                 }
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A 429 stated the quota `limit` per `per` for `tenant_id`'s `family`: from now on
+    /// the tenant keeps a tenth under it. Returns the quota kept when this lowered one
+    /// (or added one for a period the limiter did not know), `None` when the limiter
+    /// already kept under it.
+    pub fn learn(
+        &self,
+        tenant_id: &str,
+        family: ApiFamily,
+        limit: u32,
+        per: Duration,
+    ) -> Option<Quota> {
+        let kept = under(limit, per);
+        let entry = self.entry(tenant_id, family);
+        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match state.buckets.iter_mut().find(|b| b.quota.per == per) {
+            Some(b) if b.quota.limit <= kept.limit => return None,
+            Some(b) => {
+                b.refill(now);
+                b.quota = kept;
+                b.tokens = b.tokens.min(kept.capacity());
+            }
+            None => state.buckets.push(Bucket {
+                quota: kept,
+                tokens: 0.0,
+                updated: now,
+            }),
+        }
+        self.learned[family.index()].fetch_add(1, Ordering::Relaxed);
+        Some(kept)
+    }
+
+    /// How much room each family has left now, by [`ApiFamily::index`]. Walks every
+    /// tenant: for a metrics scrape, not for the request path.
+    pub fn headroom(&self) -> [QuotaHeadroom; 3] {
+        let now = Instant::now();
+        let mut out = [QuotaHeadroom::default(); 3];
+        for (i, h) in out.iter_mut().enumerate() {
+            let app = self.app[i].lock().unwrap_or_else(|e| e.into_inner());
+            h.app = min_room(&app, now);
+            h.learned = self.learned[i].load(Ordering::Relaxed);
+        }
+        let entries: Vec<(usize, Arc<Mutex<TenantBuckets>>)> = {
+            let map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            map.values()
+                .flat_map(|slots| {
+                    slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| s.as_ref().map(|e| (i, Arc::clone(e))))
+                })
+                .collect()
+        };
+        for (i, entry) in entries {
+            let state = entry.lock().unwrap_or_else(|e| e.into_inner());
+            let room = if state.blocked_until.is_some_and(|u| u > now) {
+                Some(0.0)
+            } else {
+                min_room(&state.buckets, now)
+            };
+            if let Some(room) = room {
+                let t = &mut out[i].tightest_tenant;
+                *t = Some(t.map_or(room, |r: f64| r.min(room)));
+            }
+        }
+        out
     }
 
     /// The API answered 429: no request of `tenant_id` to `family` goes out for `wait`,
@@ -305,6 +462,22 @@ impl RateLimiter {
         let now = Instant::now();
         state.blocked_until.filter(|u| *u > now).map(|u| u - now)
     }
+}
+
+/// Refills `buckets` to `now`; the wait until each has a whole token (zero: go).
+fn next_wait(buckets: &mut [Bucket], now: Instant) -> Duration {
+    for bucket in buckets.iter_mut() {
+        bucket.refill(now);
+    }
+    buckets
+        .iter()
+        .map(Bucket::wait_for_one)
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
+fn min_room(buckets: &[Bucket], now: Instant) -> Option<f64> {
+    buckets.iter().map(|b| b.room(now)).reduce(f64::min)
 }
 
 /// The 429s one feed of one tenant received and the waits they imposed, counted as each
@@ -377,8 +550,7 @@ mod tests {
     fn limiter(quotas: Vec<Quota>) -> RateLimiter {
         RateLimiter::new(RateLimits {
             m365d: quotas,
-            mde: Vec::new(),
-            graph: Vec::new(),
+            ..RateLimits::unlimited()
         })
     }
 
@@ -453,7 +625,7 @@ mod tests {
                 per: Duration::from_secs(60),
                 burst: 2,
             }],
-            graph: Vec::new(),
+            ..RateLimits::unlimited()
         });
         let start = Instant::now();
         for tenant in ["a", "b", "c"] {
@@ -545,8 +717,113 @@ mod tests {
     }
 
     #[test]
+    fn stated_quotas_are_read_from_defender_429_messages() {
+        let m = "429: API calls quota exceeded! maximum allowed 45 per 00:01:00";
+        assert_eq!(stated_quota(m), Some((45, Duration::from_secs(60))));
+        assert_eq!(
+            stated_quota("Maximum allowed 1500 per 01:00:00."),
+            Some((1500, Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            stated_quota("maximum allowed 10000 per 1.00:00:00"),
+            Some((10000, Duration::from_secs(86_400)))
+        );
+        for bad in [
+            "TooManyRequests: Too many requests.",
+            "maximum allowed 0 per 00:01:00",
+            "maximum allowed 45 per 00:61:00",
+            "maximum allowed 45 per 00:00:00",
+            "maximum allowed x per 00:01:00",
+            "maximum allowed 45 per soon",
+            "maximum allowed 45",
+        ] {
+            assert_eq!(stated_quota(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stated_quota_lowers_the_tenants_own_and_only_once() {
+        let l = limiter(vec![Quota::per_minute(45)]);
+        let kept = l
+            .learn("t1", ApiFamily::M365d, 20, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(kept.limit, 18);
+        // Saying it again, or a higher one, changes nothing.
+        assert!(l
+            .learn("t1", ApiFamily::M365d, 20, Duration::from_secs(60))
+            .is_none());
+        assert!(l
+            .learn("t1", ApiFamily::M365d, 40, Duration::from_secs(60))
+            .is_none());
+        let times = send_times(&l, "t1", 60).await;
+        assert!(max_in_any_window(&times, Duration::from_secs(60)) <= 18);
+        // Another tenant keeps the configured quota.
+        let other = send_times(&l, "t2", 60).await;
+        assert!(max_in_any_window(&other, Duration::from_secs(60)) > 18);
+        // A period the limiter did not know is added.
+        let kept = l
+            .learn("t1", ApiFamily::M365d, 100, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!((kept.limit, kept.per), (90, Duration::from_secs(3600)));
+        assert_eq!(l.headroom()[ApiFamily::M365d.index()].learned, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_app_budget_is_shared_by_every_tenant() {
+        let l = RateLimiter::new(RateLimits {
+            graph_app: vec![Quota {
+                limit: 20,
+                per: Duration::from_secs(10),
+                burst: 5,
+            }],
+            ..RateLimits::unlimited()
+        });
+        let start = Instant::now();
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            for t in 0..10 {
+                l.acquire(&format!("t{t}"), ApiFamily::Graph).await;
+                all.push(start.elapsed());
+            }
+        }
+        assert!(
+            max_in_any_window(&all, Duration::from_secs(10)) <= 20,
+            "{all:?}"
+        );
+        // Other families have no app budget.
+        for _ in 0..100 {
+            l.acquire("t0", ApiFamily::Mde).await;
+        }
+        let h = l.headroom();
+        assert!(h[ApiFamily::Graph.index()].app.is_some_and(|r| r < 0.5));
+        assert_eq!(h[ApiFamily::Mde.index()].app, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headroom_follows_use_and_blocks() {
+        let l = limiter(vec![Quota::per_minute(50)]);
+        assert_eq!(l.headroom()[0].tightest_tenant, None);
+        l.acquire("t1", ApiFamily::M365d).await;
+        l.acquire("t2", ApiFamily::M365d).await;
+        for _ in 0..5 {
+            l.acquire("t2", ApiFamily::M365d).await;
+        }
+        let room = l.headroom()[0].tightest_tenant.unwrap();
+        assert!((0.0..0.5).contains(&room), "{room}");
+        l.block("t1", ApiFamily::M365d, Duration::from_secs(30));
+        assert_eq!(l.headroom()[0].tightest_tenant, Some(0.0));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(l.headroom()[0].tightest_tenant, Some(1.0));
+    }
+
+    #[test]
     fn defaults_stay_under_published_limits() {
         let d = RateLimits::default();
+        assert!(!d.graph_app.is_empty());
+        assert!(d
+            .graph_app
+            .iter()
+            .all(|q| q.limit < 130_000 && q.per == Duration::from_secs(10)));
         for (quotas, minute, hour) in [
             (&d.m365d, 50, Some(1500)),
             (&d.mde, 100, Some(1500)),

@@ -54,8 +54,14 @@ async fn drain(
     let mut all = Vec::new();
     while let Some(items) = pager.next_page().await? {
         assert!(!items.is_empty(), "batches are never empty");
+        assert!(
+            client.admission().stats().in_flight >= 1,
+            "a batch keeps its slot"
+        );
         all.extend(items);
     }
+    // The window is done: its slot is free while the caller commits its end.
+    assert_eq!(client.admission().stats().in_flight, 0);
     Ok(all)
 }
 
@@ -206,6 +212,35 @@ async fn retry_after_is_honoured_and_counted_per_tenant() {
 }
 
 #[tokio::test]
+async fn a_quota_stated_by_a_429_is_kept_to_from_then_on() {
+    let mock = Mock::start(|_, i| match i {
+        0 | 1 => Reply::json(429, include_str!("../testdata/mde-429-quota-minute.json"))
+            .with_header("Retry-After", "0"),
+        _ => Reply::json(200, r#"{"value":[]}"#),
+    })
+    .await;
+    let c = client(Arc::new(CountingTokens::default()), fast_options());
+    assert!(one_page(&c, &mock, Feed::MdeAlerts)
+        .await
+        .unwrap()
+        .is_empty());
+    let mde = relay_defender::ApiFamily::Mde.index();
+    // Learned once, however often it is said.
+    assert_eq!(c.limiter().headroom()[mde].learned, 1);
+    // The tenant now keeps to 40 a minute (a tenth under 45), starting from an empty
+    // bucket refilled every 60 s / 32: three more requests take over 5 s.
+    let started = tokio::time::Instant::now();
+    for _ in 0..3 {
+        one_page(&c, &mock, Feed::MdeAlerts).await.unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "3 requests went out in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn retry_after_http_date_is_honoured() {
     let mock = Mock::start(|_, i| match i {
         0 => {
@@ -325,6 +360,30 @@ async fn expired_token_is_invalidated_and_replaced_once() {
         mock.requests()[1].header("authorization"),
         Some("Bearer tok-1")
     );
+}
+
+#[tokio::test]
+async fn a_redirect_is_an_error_naming_where_it_pointed() {
+    let mock = Mock::start(|_, _| {
+        Reply::json(302, "").with_header(
+            "Location",
+            "https://login.example.invalid/signin?token=secret-in-query",
+        )
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let c = DefenderClient::new(http, Arc::new(CountingTokens::default()), fast_options());
+    let err = one_page(&c, &mock, Feed::GraphAlerts).await.unwrap_err();
+    assert!(format!("{err:?}").contains("302"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("redirect to https://login.example.invalid/signin"),
+        "{err:?}"
+    );
+    assert!(!format!("{err:?}").contains("secret-in-query"), "{err:?}");
+    assert_eq!(mock.requests().len(), 1, "not retried");
 }
 
 #[tokio::test]

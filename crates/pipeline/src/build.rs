@@ -113,9 +113,10 @@ impl HttpPurpose {
 
 /// The HTTP client for Entra or the APIs, as `[http]` says: timeouts, user agent, the
 /// proxy and the extra trust roots of `ca_file` (both clients get the same, so a
-/// TLS-inspecting proxy is trusted for tokens and API calls alike). The token client
-/// follows no redirects: a token request carrying a secret must not be replayed to
-/// wherever a redirect points. `onboard` builds its clients here too, so that its test
+/// TLS-inspecting proxy is trusted for tokens and API calls alike). Neither follows
+/// redirects: a token request carrying a secret must not be replayed to wherever a
+/// redirect points, and the list endpoints never redirect (a 3xx is an error naming the
+/// endpoint; checking each response against a redirect policy was measurable at scale). `onboard` builds its clients here too, so that its test
 /// call goes out exactly as the daemon's requests will.
 pub fn http_client(
     http: &HttpConfig,
@@ -132,10 +133,8 @@ pub fn http_client(
         .no_proxy()
         .user_agent(http.user_agent.clone())
         .connect_timeout(http.connect_timeout)
-        .timeout(http.request_timeout);
-    if purpose == HttpPurpose::Token {
-        builder = builder.redirect(reqwest::redirect::Policy::none());
-    }
+        .timeout(http.request_timeout)
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(proxy) = &http.proxy {
         let p = match proxy.scope {
             ProxyScope::All => reqwest::Proxy::all(proxy.url.as_str()),

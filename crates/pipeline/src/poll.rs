@@ -72,6 +72,10 @@ struct Memo {
     seen: HashSet<(String, DateTime<Utc>)>,
     /// The window start `seen` was loaded or pruned for.
     seen_from: DateTime<Utc>,
+    /// Whether the store may hold seen versions older than `seen_from`: after a load
+    /// (only the window's were read) and after `seen` forgot some. The end of a poll
+    /// prunes the store only then, so an idle poll's end is one statement.
+    prune_due: bool,
 }
 
 /// Everything one (tenant, feed) task needs.
@@ -222,8 +226,10 @@ impl FeedTask {
         let m = match memo {
             Some(m) => {
                 if from > m.seen_from {
+                    let before = m.seen.len();
                     m.seen.retain(|(_, t)| *t >= from);
                     m.seen_from = from;
+                    m.prune_due |= m.seen.len() < before;
                 }
                 m
             }
@@ -231,6 +237,7 @@ impl FeedTask {
                 checkpoint: stored,
                 seen: self.log.seen_since(tenant, feed, from).await?,
                 seen_from: from,
+                prune_due: true,
             }),
         };
         debug!(from = %from.to_rfc3339(), to = %to.to_rfc3339(), seen = m.seen.len(), "polling window");
@@ -313,27 +320,16 @@ impl FeedTask {
             }
         }
 
-        // Every page was read and committed: the window is done. The same commit records
+        // Every page was read and committed: the window is done. The same write records
         // the poll for `status`.
-        let outcome = self
-            .log
-            .commit(PollWrite {
-                tenant: tenant.to_owned(),
-                feed,
-                new_checkpoint: Some(to),
-                seen: Vec::new(),
-                payloads: Vec::new(),
-                sinks: Arc::clone(&self.sink_names),
-                prune_seen_before: from,
-                outcome: Some(Ok(())),
-                actions: Vec::new(),
-            })
-            .await?;
-        m.checkpoint = outcome.checkpoint;
+        let prune = m.prune_due.then_some(from);
+        let checkpoint = self.log.advance(tenant, feed, to, prune).await?;
+        m.checkpoint = checkpoint;
+        m.prune_due = false;
         Ok(PollEnd::Completed {
             events,
             duplicates,
-            checkpoint: outcome.checkpoint,
+            checkpoint,
         })
     }
 

@@ -173,6 +173,7 @@ impl Relay {
         );
         status.attach_engine(EngineSources {
             admission: Arc::clone(client.admission()),
+            client: client.clone(),
             state: Arc::clone(&state),
         });
         let writes = State::start(Arc::clone(&state)).map_err(|source| PipelineError::State {

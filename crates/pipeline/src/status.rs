@@ -50,6 +50,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub(crate) struct EngineSources {
     pub(crate) admission: Arc<relay_defender::Admission>,
+    pub(crate) client: relay_defender::DefenderClient,
     pub(crate) state: Arc<relay_state::StateStore>,
 }
 
@@ -73,6 +74,9 @@ pub struct EngineStats {
     pub state_segment_syncs: u64,
     /// Writes carried by group commits.
     pub state_grouped_writes: u64,
+    /// Room left in the API quotas, per family in [`relay_defender::ApiFamily::index`]
+    /// order (M365 Defender, Defender for Endpoint, Graph).
+    pub quota: [relay_defender::QuotaHeadroom; 3],
 }
 
 /// The summed counters of feeds no longer in the status.
@@ -127,6 +131,7 @@ impl StatusHandle {
             state_synced_commits: st.durable_commits,
             state_segment_syncs: st.segment_syncs,
             state_grouped_writes: st.grouped_writes,
+            quota: src.client.limiter().headroom(),
         }
     }
 

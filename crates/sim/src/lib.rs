@@ -113,6 +113,9 @@ pub struct SimConfig {
     pub backlog: usize,
     /// How far back the backlog's timestamps reach.
     pub backlog_span: Duration,
+    /// Tenants whose backlog differs from `backlog`: (tenant index, incidents), e.g. one
+    /// customer onboarded with months of history among thousands of quiet ones.
+    pub backlog_of: Vec<(usize, usize)>,
     /// Items sharing one last-update timestamp in a bulk update (more than a page).
     pub burst_size: usize,
     /// The background activity never makes a new version of an item sooner than this
@@ -147,6 +150,7 @@ impl Default for SimConfig {
             activity_tick: Duration::from_millis(100),
             backlog: 50,
             backlog_span: Duration::from_secs(24 * 3_600),
+            backlog_of: Vec::new(),
             burst_size: 120,
             min_update_gap: Duration::ZERO,
             quotas_enabled: true,
@@ -364,6 +368,7 @@ impl Sim {
                     .activity_per_hour
                     .map_or(f64::from(cfg.activity), |per_hour| per_hour / 60.0),
                 backlog: cfg.backlog,
+                backlog_of: cfg.backlog_of.clone(),
                 backlog_span: cfg.backlog_span,
                 burst_size: cfg.burst_size,
                 min_update_gap: cfg.min_update_gap,

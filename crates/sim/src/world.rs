@@ -32,6 +32,8 @@ pub(crate) struct WorldConfig {
     pub late_visibility_jitter: Duration,
     pub activity_per_minute: f64,
     pub backlog: usize,
+    /// (tenant index, incidents) where a tenant's backlog is not `backlog`.
+    pub backlog_of: Vec<(usize, usize)>,
     pub backlog_span: Duration,
     pub burst_size: usize,
     pub min_update_gap: Duration,
@@ -294,7 +296,12 @@ impl World {
                 credit: 0.0,
                 versions: 0,
             };
-            t.backlog(started);
+            let backlog = cfg
+                .backlog_of
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or(cfg.backlog, |(_, n)| *n);
+            t.backlog(started, backlog);
             t.promote(started);
             // Below one change per tenant per minute, tenants that all start at zero credit
             // would all change in the same tick; a random phase spreads them over the
@@ -1155,8 +1162,7 @@ impl TenantState {
     /// The items that exist when the simulator starts: already visible, spread over
     /// `backlog_span`, every kind of hostile content present, one run of identical
     /// timestamps longer than any page in each stream, and a few merged incidents.
-    fn backlog(&mut self, started: Tick) {
-        let n = self.cfg.backlog;
+    fn backlog(&mut self, started: Tick, n: usize) {
         if n == 0 {
             return;
         }
@@ -1301,6 +1307,7 @@ mod tests {
             late_visibility_jitter: Duration::ZERO,
             activity_per_minute: 0.0,
             backlog,
+            backlog_of: Vec::new(),
             backlog_span: Duration::from_secs(3_600),
             burst_size: 120,
             min_update_gap: Duration::ZERO,
@@ -1370,6 +1377,24 @@ mod tests {
         assert_eq!(count(Feed::GraphIncidents), 100);
         assert_eq!(count(Feed::GraphAlerts), alerts.len());
         assert_eq!(count(Feed::MdeAlerts), mde.len());
+    }
+
+    #[test]
+    fn one_tenant_can_have_a_backlog_of_its_own() {
+        let mut c = cfg(5);
+        c.backlog_of = vec![(1, 300)];
+        let ids: Vec<String> = ["t0", "t1", "t2"].map(String::from).to_vec();
+        let w = World::new(c, 1, &ids);
+        let incidents = |tenant: &str| {
+            w.ground_truth()
+                .into_iter()
+                .filter(|g| g.tenant_id == tenant && g.feed == Feed::GraphIncidents)
+                .count()
+        };
+        assert_eq!(
+            (incidents("t0"), incidents("t1"), incidents("t2")),
+            (5, 300, 5)
+        );
     }
 
     #[test]

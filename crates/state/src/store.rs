@@ -540,6 +540,55 @@ impl StateStore {
             .map_err(|e| StateError::sqlite(&self.path, OP, e))
     }
 
+    /// The end of a poll with nothing (more) to append, in one statement when nothing is
+    /// to be pruned: the checkpoint becomes the newer of the stored and `checkpoint`, the
+    /// poll is recorded as a success. Returns the stored checkpoint.
+    pub(crate) fn advance_in(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        feed: &str,
+        checkpoint: DateTime<Utc>,
+        prune_before: Option<DateTime<Utc>>,
+        now: i64,
+    ) -> Result<Option<DateTime<Utc>>> {
+        const OP: &str = "advance_checkpoint";
+        let sql = |e| StateError::sqlite(&self.path, OP, e);
+        let proposed = to_ticks(checkpoint)?;
+        let prune_before = prune_before.map(to_ticks).transpose()?;
+        let stored: Option<i64> = conn
+            .prepare_cached(
+                "INSERT INTO feeds (tenant, feed, checkpoint_ticks, last_poll_ticks, last_poll_ok)
+                 VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (tenant, feed) DO UPDATE SET
+                    checkpoint_ticks = max(coalesce(checkpoint_ticks, excluded.checkpoint_ticks),
+                                           excluded.checkpoint_ticks),
+                    last_poll_ticks = excluded.last_poll_ticks, last_poll_ok = 1
+                 RETURNING checkpoint_ticks",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![tenant, feed, proposed, now], |row| row.get(0))
+            })
+            .map_err(sql)?;
+        if stored.is_some_and(|t| t > proposed) {
+            tracing::warn!(
+                tenant,
+                feed,
+                stored = ?stored.map(from_ticks),
+                proposed = ?checkpoint,
+                "checkpoint would move backwards; keeping the stored one"
+            );
+        }
+        if let Some(before) = prune_before {
+            conn.prepare_cached(
+                "DELETE FROM seen WHERE tenant = ?1 AND feed = ?2 AND version_ticks < ?3",
+            )
+            .and_then(|mut stmt| stmt.execute(params![tenant, feed, before]))
+            .map_err(sql)?;
+        }
+        stored.map(|t| self.time(t, "feeds")).transpose()
+    }
+
     // ----- outboxes ------------------------------------------------------------------
 
     /// Up to `max_rows` rows of `sink`'s outbox with `seq > after_seq`, in order, stopping

@@ -9,6 +9,7 @@ mod build;
 mod consent;
 mod delivery;
 mod failing_sink;
+mod fairness;
 mod http_proxy;
 mod reload;
 mod restart;

@@ -11,6 +11,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::TransactionBehavior;
@@ -25,10 +26,17 @@ use crate::types::{AuthState, CommitOutcome, PollCommit};
 pub(crate) const QUEUE: usize = 4_096;
 /// Writes carried by one transaction at most, so one commit stays short.
 const MAX_GROUP: usize = 512;
-/// How long a poll's write that found the queue empty waits for company. A poll waits for
-/// its commit; 15 ms more is nothing to it, and at hundreds of polls a second it turns one
-/// commit per write into one per several.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(15);
+/// How long a page's write (events for the outboxes) waits for company at most. The
+/// sinks wait for it; 15 ms more is nothing to them, and at hundreds of writes a second it
+/// turns one commit per write into one per several.
+const PAGE_LINGER: Duration = Duration::from_millis(15);
+/// How long the end of a poll (checkpoint advanced, poll recorded; its events, if any,
+/// are committed already) waits for company at most. Nobody waits on it but the poll task
+/// itself, between polls a minute apart; meanwhile, at MSSP scale, hundreds of other polls
+/// end, and one commit carrying all of them writes each touched page of the `feeds` table
+/// once instead of once per poll. A write that someone does wait on (an ack, a page)
+/// ends the wait at once, or after `PAGE_LINGER`.
+const IDLE_LINGER: Duration = Duration::from_millis(250);
 
 /// One poll's write, owned so it can cross to the writer thread: the events of a page (or
 /// none), the versions they are, and — on the last write of a poll — the new checkpoint
@@ -61,6 +69,16 @@ pub struct PollWrite {
 /// A write and where its result goes.
 pub(crate) enum Job {
     Poll(Box<PollWrite>, oneshot::Sender<Result<CommitOutcome>>),
+    /// The end of a poll that has nothing (more) to append: the checkpoint advances (never
+    /// backwards), the poll is recorded as a success and, when `prune_before` is given,
+    /// seen versions older than it are forgotten. Answers the checkpoint now stored.
+    Advance {
+        tenant: String,
+        feed: &'static str,
+        checkpoint: DateTime<Utc>,
+        prune_before: Option<DateTime<Utc>>,
+        reply: oneshot::Sender<Result<Option<DateTime<Utc>>>>,
+    },
     RecordPoll {
         tenant: String,
         feed: &'static str,
@@ -85,30 +103,63 @@ pub(crate) enum Job {
     },
 }
 
+/// How long `job` may wait, from the moment its group began, for more writes to join.
+fn linger_of(job: &Job) -> Duration {
+    match job {
+        Job::Advance { .. } | Job::RecordPoll { .. } => IDLE_LINGER,
+        Job::Poll(..) => PAGE_LINGER,
+        // A sink's next batch (an ack) or an operator-visible state waits on these.
+        Job::Ack { .. } | Job::AuthState { .. } | Job::SinkError { .. } => Duration::ZERO,
+    }
+}
+
 /// Starts the writer thread for `store`. It ends when every sender is dropped, after
 /// the writes already queued.
 pub(crate) fn spawn(store: Arc<StateStore>) -> std::io::Result<mpsc::Sender<Job>> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+    // Only to wait on the channel with a deadline; the thread runs nothing else on it.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     std::thread::Builder::new()
         .name("state-writer".into())
         .spawn(move || {
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Some(first) = rx.blocking_recv() {
-                if rx.is_empty() && matches!(first, Job::Poll(..) | Job::RecordPoll { .. }) {
-                    // A poll alone in the queue: give the writes arriving right behind it
-                    // a moment to join, so a steady trickle of idle polls shares commits
-                    // (each commit writes whole 16 KiB pages to the WAL, however small the
-                    // change). A sink's ack does not wait: its next batch waits on it.
-                    std::thread::sleep(LINGER);
-                }
+                let began = Instant::now();
+                let mut linger = linger_of(&first);
                 group.push(first);
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(job) => group.push(job),
+                let mut open = true;
+                loop {
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                linger = linger.min(linger_of(&job));
+                                group.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let left = linger.saturating_sub(began.elapsed());
+                    if !open || group.len() >= MAX_GROUP || left.is_zero() {
+                        break;
+                    }
+                    // The group waits for company until its most impatient write's linger
+                    // is over (see IDLE_LINGER); each arrival may shorten that.
+                    match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(Some(job)) => {
+                            linger = linger.min(linger_of(&job));
+                            group.push(job);
+                        }
+                        // Every sender is gone: commit what is here, then stop.
+                        Ok(None) => open = false,
                         Err(_) => break,
                     }
                 }
                 store.run_group(std::mem::take(&mut group));
+                if !open {
+                    break;
+                }
             }
             tracing::debug!(path = %store.path.display(), "state writer stopped");
         })?;
@@ -122,6 +173,7 @@ fn exec(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
 /// The result of one job, before it is sent.
 enum Done {
     Poll(Result<CommitOutcome>),
+    Checkpoint(Result<Option<DateTime<Utc>>>),
     Unit(Result<()>),
     Ack(Result<u64>),
 }
@@ -165,6 +217,9 @@ impl StateStore {
                         let (seen, outbox) = borrowed(&write);
                         warn_over_limit(&as_commit(&write, &seen, &outbox), outcome);
                     }
+                    let _ = reply.send(r);
+                }
+                (Job::Advance { reply, .. }, Done::Checkpoint(r)) => {
                     let _ = reply.send(r);
                 }
                 (Job::RecordPoll { reply, .. }, Done::Unit(r))
@@ -220,14 +275,32 @@ impl StateStore {
         let mut results = Vec::with_capacity(jobs.len());
         let mut poll_index = 0usize;
         for job in jobs {
-            // A savepoint per write so a failing one rolls back alone; by prepared
-            // statement (rusqlite's `Savepoint` parses its SQL anew each time, a visible
-            // cost at hundreds of writes a second).
-            if let Err(e) = exec(&tx, "SAVEPOINT w") {
-                return self.all_failed(jobs, &sql(e));
+            // A savepoint per write of several statements, so a failing one rolls back
+            // alone; by prepared statement (rusqlite's `Savepoint` parses its SQL anew each
+            // time, a visible cost at hundreds of writes a second). A write of one statement
+            // needs none: SQLite undoes a failed statement by itself.
+            let savepoint = !single_statement(job);
+            if savepoint {
+                if let Err(e) = exec(&tx, "SAVEPOINT w") {
+                    return self.all_failed(jobs, &sql(e));
+                }
             }
             let sp = &*tx;
             let done = match job {
+                Job::Advance {
+                    tenant,
+                    feed,
+                    checkpoint,
+                    prune_before,
+                    ..
+                } => Done::Checkpoint(self.advance_in(
+                    sp,
+                    tenant,
+                    feed,
+                    *checkpoint,
+                    *prune_before,
+                    now,
+                )),
                 Job::Poll(write, _) => {
                     let i = poll_index;
                     poll_index += 1;
@@ -290,17 +363,34 @@ impl StateStore {
             };
             let ok = match &done {
                 Done::Poll(r) => r.is_ok(),
+                Done::Checkpoint(r) => r.is_ok(),
                 Done::Unit(r) => r.is_ok(),
                 Done::Ack(r) => r.is_ok(),
             };
-            let ended = if ok {
-                exec(&tx, "RELEASE w")
-            } else {
+            let ended = match (savepoint, ok) {
+                (false, _) => Ok(()),
+                (true, true) => exec(&tx, "RELEASE w"),
                 // This write is undone; the others stand.
-                exec(&tx, "ROLLBACK TO w").and_then(|()| exec(&tx, "RELEASE w"))
+                (true, false) => exec(&tx, "ROLLBACK TO w").and_then(|()| exec(&tx, "RELEASE w")),
             };
             if let Err(e) = ended {
                 return self.all_failed(jobs, &sql(e));
+            }
+            if !ok && tx.is_autocommit() {
+                // Some errors (a full disk, an I/O error) make SQLite roll back the whole
+                // transaction; the writes after this one must not run outside it.
+                let e = match done {
+                    Done::Poll(Err(e))
+                    | Done::Checkpoint(Err(e))
+                    | Done::Unit(Err(e))
+                    | Done::Ack(Err(e)) => e,
+                    _ => StateError::GroupCommit {
+                        path: self.path.clone(),
+                        message: "the transaction was rolled back".into(),
+                        transient: false,
+                    },
+                };
+                return self.all_failed(jobs, &e);
             }
             results.push(done);
         }
@@ -338,6 +428,15 @@ impl StateStore {
     }
 }
 
+/// Whether `job` is one SQL statement (no savepoint needed to undo it alone).
+fn single_statement(job: &Job) -> bool {
+    match job {
+        Job::Advance { prune_before, .. } => prune_before.is_none(),
+        Job::RecordPoll { .. } | Job::AuthState { .. } | Job::SinkError { .. } => true,
+        Job::Poll(..) | Job::Ack { .. } => false,
+    }
+}
+
 /// What to do once the group's transaction is over.
 #[derive(Default)]
 struct After {
@@ -349,6 +448,7 @@ struct After {
 fn failed(job: &Job, error: impl FnOnce() -> StateError) -> Done {
     match job {
         Job::Poll(..) => Done::Poll(Err(error())),
+        Job::Advance { .. } => Done::Checkpoint(Err(error())),
         Job::RecordPoll { .. } | Job::AuthState { .. } | Job::SinkError { .. } => {
             Done::Unit(Err(error()))
         }
@@ -385,6 +485,7 @@ fn as_commit<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::path::Path;
 
     use super::*;
@@ -468,6 +569,86 @@ mod tests {
         let snap = store.status_snapshot().unwrap();
         assert_eq!(snap.feeds.len(), 400);
         assert!(snap.feeds.iter().all(|f| f.last_poll_ok == Some(true)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poll_ends_share_commits_and_never_move_checkpoints_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("state.db"));
+        let log = state.poll_log();
+        let before = state.stats();
+        // 300 feeds ending their polls spread over ~100 ms, as a minute of polls at
+        // scale does; one of them with a time the store cannot hold.
+        let tasks: Vec<_> = (0..300u64)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(t % 100)).await;
+                    let at = if t == 150 {
+                        DateTime::<Utc>::MAX_UTC
+                    } else {
+                        secs(5)
+                    };
+                    log.advance(&format!("t{t}"), "graph_alerts", at, None)
+                        .await
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(checkpoint) => assert_eq!(checkpoint, Some(secs(5))),
+                Err(_) => failed += 1,
+            }
+        }
+        assert_eq!(failed, 1, "only the bad write fails");
+        let after = state.stats();
+        assert_eq!(after.grouped_writes - before.grouped_writes, 300);
+        assert_eq!(after.durable_commits, before.durable_commits);
+        assert!(
+            after.commits - before.commits <= 30,
+            "poll ends did not wait for company: {} commits for 300",
+            after.commits - before.commits
+        );
+        // Never backwards.
+        let back = log
+            .advance("t7", "graph_alerts", secs(3), None)
+            .await
+            .unwrap();
+        assert_eq!(back, Some(secs(5)));
+        let snap = state.store().status_snapshot().unwrap();
+        assert_eq!(snap.feeds.len(), 299);
+        assert!(snap.feeds.iter().all(|f| f.last_poll_ok == Some(true)));
+    }
+
+    #[tokio::test]
+    async fn a_poll_end_prunes_seen_versions_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("state.db"));
+        let log = state.poll_log();
+        let mut page = write("t", 1, vec![b"a".to_vec(), b"b".to_vec()], false);
+        page.seen = vec![("old".into(), secs(1)), ("new".into(), secs(8))];
+        page.prune_seen_before = secs(0);
+        log.commit(page).await.unwrap();
+        let ids = |seen: HashSet<(String, DateTime<Utc>)>| {
+            let mut ids: Vec<_> = seen.into_iter().map(|(id, _)| id).collect();
+            ids.sort();
+            ids
+        };
+        log.advance("t", "graph_alerts", secs(9), None)
+            .await
+            .unwrap();
+        let seen = log.seen_since("t", "graph_alerts", secs(0)).await.unwrap();
+        assert_eq!(ids(seen), ["new", "old"]);
+        log.advance("t", "graph_alerts", secs(10), Some(secs(5)))
+            .await
+            .unwrap();
+        let seen = log.seen_since("t", "graph_alerts", secs(0)).await.unwrap();
+        assert_eq!(ids(seen), ["new"]);
+        assert_eq!(
+            state.store().checkpoint("t", "graph_alerts").unwrap(),
+            Some(secs(10))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,30 @@ impl PollLog {
             .await
     }
 
+    /// Ends a poll that has nothing (more) to append: advances the checkpoint of (tenant,
+    /// feed) to `checkpoint` (never backwards), records the poll as a success and, with
+    /// `prune_before`, forgets seen versions older than it. Grouped with the ends of other
+    /// polls (it may wait a moment for them: see the group writer's `IDLE_LINGER`) and
+    /// never synced. Returns the checkpoint now stored.
+    pub async fn advance(
+        &self,
+        tenant: &str,
+        feed: &'static str,
+        checkpoint: DateTime<Utc>,
+        prune_before: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let tenant = tenant.to_owned();
+        self.0
+            .write(|reply| Job::Advance {
+                tenant,
+                feed,
+                checkpoint,
+                prune_before,
+                reply,
+            })
+            .await
+    }
+
     /// Records how a poll ended without committing anything else (a failed poll).
     pub async fn record_poll(
         &self,
