@@ -44,6 +44,9 @@ enum Command {
     /// Onboard a customer tenant: consent and credentials (browser sign-in, device code or
     /// admin consent), its tenant file, and a test call; exit 0, 1 (failed) or 2 (bad input).
     Onboard(Box<commands::onboard::Args>),
+    /// Response playbooks' decisions: list them; approve or deny those awaiting approval
+    /// (works while the daemon runs).
+    Actions(commands::actions::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => commands::sim::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Onboard(args) => commands::onboard::run(*args),
+        Command::Actions(args) => commands::actions::run(args),
     };
     match result {
         Ok(code) => code,

@@ -313,6 +313,7 @@ mod tests {
             feeds,
             sinks: Vec::new(),
             engine: Default::default(),
+            actions: Default::default(),
         }
     }
 

@@ -433,6 +433,7 @@ fn check_hec(h: &Harness, hec: &HecReceiver, file: &BTreeMap<Delivered, Value>) 
         let sourcetype = match feed.stream() {
             Stream::Incidents => "defender:incident",
             Stream::Alerts => "defender:alert",
+            Stream::Actions => "xdr:relay:actions",
         };
         assert_eq!(env["sourcetype"], sourcetype, "{at}");
         assert_eq!(

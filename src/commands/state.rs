@@ -4,6 +4,7 @@ use anyhow::Context;
 use relay_config::{Config, StateKey as KeySource};
 use relay_state::{InstanceLock, LockError, StateKey, StateStore};
 use std::path::Path;
+use std::process::ExitCode;
 
 /// How a command uses the state store.
 #[derive(Debug, Clone, Copy)]
@@ -11,7 +12,8 @@ pub enum Access<'a> {
     /// Polls and delivers (`run`, `demo`): only one process per state file, proved by
     /// holding its [`InstanceLock`] (see [`lock`]).
     Exclusive(&'a InstanceLock),
-    /// Writes a tenant's refresh token next to a running daemon (`onboard`): one row in one
+    /// Writes a tenant's refresh token next to a running daemon (`onboard`), or an
+    /// operator's decision on a response action (`actions approve`): one row in one
     /// SQLite transaction, which the daemon's own writes do not conflict with; it polls and
     /// delivers nothing, so it does not take the lock.
     Onboard,
@@ -71,4 +73,26 @@ pub fn open(config: &Config, access: Access) -> anyhow::Result<StateStore> {
         Access::ReadOnly => StateStore::open_read_only(path, Some(&key), opts)?,
     };
     Ok(store)
+}
+
+/// The configuration of a command that reads the state the daemon left (`status`,
+/// `actions`): configuration problems, or a state file that does not exist yet, are
+/// printed and become exit 2.
+pub fn config_with_state(config_path: &Path) -> Result<Config, ExitCode> {
+    let env = super::process_env();
+    let bad = || ExitCode::from(super::check_config::EXIT_BAD_CONFIG);
+    let config = relay_config::load(&relay_config::LoadOptions::new(config_path, &env)).map_err(
+        |errors| {
+            eprintln!("{errors}");
+            bad()
+        },
+    )?;
+    if !config.state.path.exists() {
+        eprintln!(
+            "{}: no state yet: the daemon has not run with this configuration",
+            config.state.path.display()
+        );
+        return Err(bad());
+    }
+    Ok(config)
 }

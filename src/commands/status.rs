@@ -24,21 +24,10 @@ pub struct Args {
 /// outbox depth and last delivery; per tenant credential: when it lapses, with a warning
 /// and the command that fixes it when that is within 14 days (or consent was revoked).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let env = super::process_env();
-    let config = match relay_config::load(&relay_config::LoadOptions::new(&args.config, &env)) {
+    let config = match super::state::config_with_state(&args.config) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    if !config.state.path.exists() {
-        eprintln!(
-            "{}: no state yet: the daemon has not run with this configuration",
-            config.state.path.display()
-        );
-        return Ok(ExitCode::from(super::check_config::EXIT_BAD_CONFIG));
-    }
     let store = match super::state::open(&config, super::state::Access::ReadOnly) {
         Ok(s) => s,
         Err(e) => {
@@ -51,17 +40,65 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", config.state.path.display()))?;
     let now = Utc::now();
     let credentials = credential_report(&config, &snapshot, now);
+    let actions = action_counts(&store)?;
     if args.json {
         let mut doc = serde_json::to_value(&snapshot)?;
         if let Some(doc) = doc.as_object_mut() {
             doc.insert("credentials".into(), serde_json::to_value(&credentials)?);
+            let by_playbook: BTreeMap<String, BTreeMap<&str, u64>> =
+                actions
+                    .iter()
+                    .fold(BTreeMap::new(), |mut m, ((p, t, st), n)| {
+                        *m.entry(format!("{p}/{t}"))
+                            .or_default()
+                            .entry(*st)
+                            .or_default() += n;
+                        m
+                    });
+            doc.insert("actions".into(), serde_json::to_value(&by_playbook)?);
         }
         emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
     } else {
         emit(&render(&config, &snapshot, now));
         emit(&render_credentials(&config, &credentials, now));
+        emit(&render_actions(&actions));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Response-action decisions by (playbook, tenant, state), from the journal.
+type ActionCounts = BTreeMap<(String, String, &'static str), u64>;
+
+fn action_counts(store: &relay_state::StateStore) -> anyhow::Result<ActionCounts> {
+    let mut out = ActionCounts::new();
+    for r in store
+        .actions_in(&[])
+        .context("cannot read the action journal")?
+    {
+        let d = r.decision;
+        *out.entry((d.key.playbook, d.key.tenant, d.state.as_str()))
+            .or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// The PLAYBOOKS section (only when a playbook ever decided something).
+fn render_actions(counts: &ActionCounts) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if counts.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<24} {:<18} {:>8}  PLAYBOOKS (xdr-relay actions list)",
+        "PLAYBOOK", "TENANT", "STATE", "ACTIONS"
+    );
+    for ((playbook, tenant, state), n) in counts {
+        let _ = writeln!(out, "{playbook:<24} {tenant:<24} {state:<18} {n:>8}");
+    }
+    out
 }
 
 /// Credential expiry of every configured tenant, with the auth state and refresh-token

@@ -121,6 +121,18 @@ pub fn render(
         }
     }
 
+    if !status.actions.is_empty() {
+        let mut f = e.family(
+            "xdr_relay_playbook_actions_total",
+            Counter,
+            "Playbook audit events since start, by outcome (would_act, limited, \
+             awaiting_approval, approved, denied, sent, succeeded, failed).",
+        );
+        for (outcome, n) in &status.actions {
+            f.sample(&[("outcome", outcome.as_str())], *n as f64);
+        }
+    }
+
     // Per (tenant, stream). A tenant reads each stream through one feed, so the pair is
     // unique and the feed name need not be a label.
     {
@@ -726,6 +738,28 @@ xdr_relay_sink_state{sink="file",state="retrying"} 0
 xdr_relay_sink_state{sink="file",state="stopped"} 0
 xdr_relay_sink_state{sink="file",state="finished"} 0
 "#;
+
+    #[test]
+    fn playbook_audit_counts_are_a_counter_by_outcome_and_absent_without_playbooks() {
+        let mut s = status();
+        assert!(!render(&s, &[], &BTreeMap::new()).contains("xdr_relay_playbook_actions_total"));
+        s.actions = [("sent".to_string(), 2), ("would_act".to_string(), 0)]
+            .into_iter()
+            .collect();
+        let text = render(&s, &[], &BTreeMap::new());
+        assert!(
+            text.contains("# TYPE xdr_relay_playbook_actions_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("xdr_relay_playbook_actions_total{outcome=\"sent\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("xdr_relay_playbook_actions_total{outcome=\"would_act\"} 0\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn unknown_values_are_left_out_and_auth_states_are_all_zero_before_the_first_token() {

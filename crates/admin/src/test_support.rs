@@ -22,6 +22,7 @@ pub fn status() -> RelayStatus {
         feeds: Vec::new(),
         sinks: Vec::new(),
         engine: Default::default(),
+        actions: Default::default(),
     }
 }
 

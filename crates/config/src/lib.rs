@@ -22,6 +22,7 @@ mod check;
 mod error;
 mod load;
 mod model;
+mod playbooks;
 mod raw;
 mod secret;
 mod types;
@@ -30,6 +31,10 @@ mod validate;
 pub use error::{ConfigErrors, ConfigProblem};
 pub use load::{load, LoadOptions, DEFAULT_TENANTS_DIR, ENV_PREFIX, ENV_SEPARATOR};
 pub use model::*;
+pub use playbooks::{
+    IsolationType, Pattern, PlaybookAction, PlaybookConfig, PlaybookLimits, PlaybookMode,
+    PlaybookWhen, ScanType, Severity, TenantSelector,
+};
 pub use secret::Secret;
 pub use types::{
     Api, Audience, Cloud, Endpoints, Feed, Stream, RESOURCE_GRAPH, RESOURCE_THREAT_PROTECTION,

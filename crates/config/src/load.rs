@@ -133,6 +133,16 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, ConfigErrors> {
         }
     }
 
+    if let Some(playbooks) = &relay.playbooks {
+        let mut ctx = Ctx {
+            file: label(&config_dir, &config_file),
+            problems: &mut problems,
+            env_keys: &env_keys,
+            res: &resolver,
+        };
+        crate::playbooks::check_tenant_names(&mut ctx, playbooks, &tenants);
+    }
+
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
@@ -144,6 +154,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, ConfigErrors> {
             admin: Some(admin),
             outbox: Some(outbox),
             sinks: Some(sinks),
+            playbooks: Some(playbooks),
             ..
         } => Ok(Config {
             config_file,
@@ -155,6 +166,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Config, ConfigErrors> {
             admin,
             outbox,
             sinks,
+            playbooks,
             tenants,
         }),
         // Every `None` above comes with a recorded problem; this arm is a safety net.
@@ -205,19 +217,21 @@ struct RelayParts {
     admin: Option<AdminConfig>,
     outbox: Option<OutboxConfig>,
     sinks: Option<BTreeMap<String, SinkConfig>>,
+    playbooks: Option<BTreeMap<String, crate::playbooks::PlaybookConfig>>,
     /// Every declared sink name with its `type` when known, valid or not, so tenants
     /// naming a broken sink are not also told it does not exist.
     sink_kinds: Option<BTreeMap<String, Option<SinkKind>>>,
     tenants_dir: Option<String>,
 }
 
-const RELAY_SECTIONS: [&str; 7] = [
+const RELAY_SECTIONS: [&str; 8] = [
     "state",
     "defaults",
     "http",
     "admin",
     "outbox",
     "sinks",
+    "playbooks",
     "tenants_dir",
 ];
 
@@ -289,6 +303,10 @@ fn load_relay(
         None => (Some(BTreeMap::new()), Some(BTreeMap::new())),
         Some(value) => load_sinks(ctx, value),
     };
+    let playbooks = match table.remove("playbooks") {
+        None => Some(BTreeMap::new()),
+        Some(value) => crate::playbooks::load_playbooks(ctx, value),
+    };
 
     if let (Some(defaults), Some(kinds)) = (&defaults, &sink_kinds) {
         for (i, name) in defaults.sinks.iter().enumerate() {
@@ -308,6 +326,7 @@ fn load_relay(
         admin,
         outbox,
         sinks,
+        playbooks,
         sink_kinds,
         tenants_dir,
     }

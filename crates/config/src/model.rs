@@ -32,6 +32,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[sinks.NAME]`, by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[playbooks.NAME]`, by name.
+    pub playbooks: BTreeMap<String, crate::PlaybookConfig>,
     /// Every tenant file, disabled ones included, ordered by file name.
     pub tenants: Vec<TenantConfig>,
 }
@@ -340,6 +342,10 @@ pub struct SplunkHecConfig {
     /// the sink then uses the add-on's sourcetype of the feed (`ms:defender:atp:alerts` for
     /// Defender for Endpoint alerts, `ms365:defender:incident:alerts` for Graph alerts).
     pub sourcetype_alerts: Option<String>,
+    /// Sourcetype of playbook audit events (`actions`): `sourcetypes.actions`, else unset:
+    /// the sink then uses `xdr:relay:actions`. `sourcetype` does not apply: audit events
+    /// are not Defender documents.
+    pub sourcetype_actions: Option<String>,
     /// `host` (default unset: Splunk records the sender).
     pub host: Option<String>,
     /// `gzip` (default true).
@@ -365,6 +371,7 @@ impl SplunkHecConfig {
         match stream {
             Stream::Incidents => self.sourcetype_incidents.as_deref(),
             Stream::Alerts => self.sourcetype_alerts.as_deref(),
+            Stream::Actions => self.sourcetype_actions.as_deref(),
         }
     }
 }
@@ -665,6 +672,8 @@ pub struct TenantConfig {
     pub tenant_id: String,
     /// `enabled` (default true).
     pub enabled: bool,
+    /// `playbooks` (default true): `false` opts the tenant out of every playbook.
+    pub playbooks: bool,
     /// `api` (default from `[defaults]`).
     pub api: Api,
     /// `streams` (default from `[defaults]`); non-empty, no duplicates.

@@ -95,6 +95,7 @@ pub(crate) struct RawHecSink {
 pub(crate) struct RawPerStream {
     pub incidents: Option<String>,
     pub alerts: Option<String>,
+    pub actions: Option<String>,
 }
 
 /// `[sinks.NAME.batch]`.
@@ -161,6 +162,7 @@ pub(crate) struct RawTenant {
     pub name: Option<String>,
     pub tenant_id: Option<String>,
     pub enabled: Option<bool>,
+    pub playbooks: Option<bool>,
     pub streams: Option<Vec<String>>,
     pub sinks: Option<Vec<String>>,
     pub api: Option<String>,

@@ -1398,3 +1398,230 @@ fn bad_ca_files_are_reported_with_file_and_key() {
         assert!(!errors.join("\n").contains("c2VjcmV0"), "{errors:?}");
     }
 }
+
+const PLAYBOOKS: &str = r#"
+[playbooks.isolate-ransomware]
+action = "isolate"
+isolation_type = "selective"
+mode = "enforce"
+tenants = ["*"]
+[playbooks.isolate-ransomware.when]
+min_severity = "medium"
+title_matches = "(?i)ransom"
+[playbooks.isolate-ransomware.limits]
+per_tenant_per_hour = 2
+per_hour = 10
+max_devices_per_incident = 1
+never_devices_matching = "(?i)^(dc|adfs)"
+
+[playbooks.scan]
+action = "run_av_scan"
+scan_type = "quick"
+tenants = ["contoso"]
+"#;
+
+#[test]
+fn playbooks_load_with_defaults_and_tenants_may_opt_out() {
+    let f = Fixture::new(&format!("{RELAY}{PLAYBOOKS}"));
+    f.write(
+        "tenants.d/contoso.toml",
+        &tenant_toml(TENANT_ID, r#"["out"]"#),
+    );
+    f.write(
+        "tenants.d/fabrikam.toml",
+        &format!(
+            "playbooks = false\n{}",
+            tenant_toml("7b1e1f3c-1d2a-4c8e-9a7b-0c2d3e4f5a61", r#"["out"]"#)
+        ),
+    );
+    let config = f.config();
+    assert!(config.tenant("contoso").unwrap().playbooks);
+    assert!(!config.tenant("fabrikam").unwrap().playbooks);
+    let iso = &config.playbooks["isolate-ransomware"];
+    assert_eq!(
+        iso.action,
+        PlaybookAction::Isolate(IsolationType::Selective)
+    );
+    assert_eq!(iso.mode, PlaybookMode::Enforce);
+    assert_eq!(iso.tenants, TenantSelector::All);
+    assert_eq!(iso.when.min_severity, Severity::Medium);
+    assert!(iso
+        .when
+        .title_matches
+        .as_ref()
+        .unwrap()
+        .is_match("RANSOMWARE found"));
+    assert_eq!(iso.limits.max_devices_per_incident, 1);
+    assert!(iso
+        .limits
+        .never_devices_matching
+        .as_ref()
+        .unwrap()
+        .is_match("DC01.corp"));
+    let scan = &config.playbooks["scan"];
+    assert_eq!(scan.action, PlaybookAction::RunAvScan(ScanType::Quick));
+    // Safe defaults: dry run, high severity only, conservative limits.
+    assert_eq!(scan.mode, PlaybookMode::DryRun);
+    assert_eq!(scan.when.min_severity, Severity::High);
+    assert_eq!(scan.limits, PlaybookLimits::default());
+    assert_eq!(
+        scan.tenants,
+        TenantSelector::Named(vec!["contoso".to_string()])
+    );
+}
+
+#[test]
+fn every_playbook_problem_is_reported_with_its_key() {
+    let f = Fixture::new(&format!(
+        r#"{RELAY}
+[playbooks.a]
+action = "isolate"
+isolation_type = "full"
+tenants = ["*"]
+[playbooks.a.when]
+colour = "red"
+
+[playbooks.b]
+action = "isolate"
+scan_type = "quick"
+tenants = ["ghost"]
+[playbooks.b.limits]
+per_tenant_per_hour = 0
+max_devices_per_incident = 3
+never_devices_matching = "[z-a]"
+
+[playbooks.c]
+action = "run_av_scan"
+isolation_type = "full"
+scan_type = "deep"
+[playbooks.c.limits]
+per_tenant_per_hour = 60
+per_hour = 50
+
+[playbooks.Bad]
+action = "run_av_scan"
+scan_type = "quick"
+tenants = ["*"]
+"#
+    ));
+    f.write(
+        "tenants.d/contoso.toml",
+        &format!(
+            "playbooks = \"maybe\"\n{}",
+            tenant_toml(TENANT_ID, r#"["out"]"#)
+        ),
+    );
+    let errors = f.errors();
+    // Serde stops a section at its first unknown key: `a` reports only that.
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.a.when.colour: unknown key; expected one of `min_severity`, `title_matches`, `category_matches`, `detection_source_matches`, `service_source_matches`",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.b.isolation_type: is required: `full` or `selective`",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.b.scan_type: applies to `run_av_scan` only",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.b.limits.per_tenant_per_hour: must be between 1 and 100000",
+    );
+    assert_has_prefix(
+        &errors,
+        "relay.toml: playbooks.b.limits.never_devices_matching: not a valid regex: ",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.c.isolation_type: applies to `isolate` only",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.c.scan_type: must be one of `quick`, `full` (found `deep`)",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.c.tenants: is required: tenant names, or [\"*\"] for every tenant",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.c.limits.per_tenant_per_hour: is above per_hour (50): the smaller one always wins",
+    );
+    assert_has_prefix(&errors, "relay.toml: playbooks.Bad: invalid playbook name");
+    assert_has_prefix(&errors, "tenants.d/contoso.toml: playbooks: ");
+}
+
+#[test]
+fn playbook_values_are_checked_one_by_one() {
+    let f = Fixture::new(&format!(
+        r#"{RELAY}
+[playbooks.a]
+action = "quarantine"
+mode = "yolo"
+tenants = ["nobody", "*"]
+[playbooks.a.when]
+min_severity = "critical"
+title_matches = "(unclosed"
+category_matches = ""
+
+[playbooks.b]
+action = "run_av_scan"
+scan_type = "full"
+tenants = ["ghost"]
+"#
+    ));
+    f.write(
+        "tenants.d/contoso.toml",
+        &tenant_toml(TENANT_ID, r#"["out"]"#),
+    );
+    let errors = f.errors();
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.a.action: must be one of `isolate`, `run_av_scan` (found `quarantine`)",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.a.mode: must be one of `dry_run`, `approve`, `enforce` (found `yolo`)",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.a.tenants: `*` stands alone: it already names every tenant",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.a.when.min_severity: must be one of `informational`, `low`, `medium`, `high` (found `critical`)",
+    );
+    assert_has_prefix(
+        &errors,
+        "relay.toml: playbooks.a.when.title_matches: not a valid regex: ",
+    );
+    assert_has(
+        &errors,
+        "relay.toml: playbooks.a.when.category_matches: must not be empty (leave it out to match everything)",
+    );
+    // Tenant names are checked against the tenant files only when the playbooks loaded;
+    // `b` alone would report `ghost`.
+    assert!(!errors.iter().any(|e| e.contains("ghost")), "{errors:?}");
+}
+
+#[test]
+fn playbooks_must_name_configured_tenants() {
+    let f = Fixture::new(&format!(
+        r#"{RELAY}
+[playbooks.b]
+action = "run_av_scan"
+scan_type = "full"
+tenants = ["contoso", "ghost"]
+"#
+    ));
+    f.write(
+        "tenants.d/contoso.toml",
+        &tenant_toml(TENANT_ID, r#"["out"]"#),
+    );
+    assert_eq!(
+        f.errors(),
+        ["relay.toml: playbooks.b.tenants[1]: no tenant `ghost` is configured"]
+    );
+}

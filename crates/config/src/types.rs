@@ -12,6 +12,8 @@ pub enum Stream {
     Incidents,
     /// Alerts (Defender for Endpoint or Graph alerts_v2).
     Alerts,
+    /// Audit events of response playbooks (never polled: the relay writes them).
+    Actions,
 }
 
 impl Stream {
@@ -20,6 +22,7 @@ impl Stream {
         match self {
             Stream::Incidents => "incidents",
             Stream::Alerts => "alerts",
+            Stream::Actions => "actions",
         }
     }
 }
@@ -64,6 +67,10 @@ impl Feed {
             (Api::Graph, Stream::Alerts) => Feed::GraphAlerts,
             (Api::Defender, Stream::Incidents) => Feed::M365dIncidents,
             (Api::Defender, Stream::Alerts) => Feed::MdeAlerts,
+            // Nothing polls `actions`; an audit event names the feed of the alert it
+            // acted on, which is the tenant's alerts feed.
+            (Api::Graph, Stream::Actions) => Feed::GraphAlerts,
+            (Api::Defender, Stream::Actions) => Feed::MdeAlerts,
         }
     }
 

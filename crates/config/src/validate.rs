@@ -513,6 +513,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
     let per_stream = raw.sourcetypes.unwrap_or_default();
     let st_incidents = ctx.non_empty(&k("sourcetypes.incidents"), per_stream.incidents);
     let st_alerts = ctx.non_empty(&k("sourcetypes.alerts"), per_stream.alerts);
+    let st_actions = ctx.non_empty(&k("sourcetypes.actions"), per_stream.actions);
     let host = ctx.non_empty(&k("host"), raw.host);
     let request_timeout = ctx.secs_in(
         &k("request_timeout_secs"),
@@ -602,6 +603,7 @@ pub(crate) fn hec_sink(ctx: &mut Ctx<'_>, key: &str, raw: RawHecSink) -> Option<
         source,
         sourcetype_incidents: st_incidents.or_else(|| sourcetype.clone()),
         sourcetype_alerts: st_alerts.or(sourcetype),
+        sourcetype_actions: st_actions?,
         host,
         gzip: raw.gzip.unwrap_or(true),
         gzip_level: u32::try_from(gzip_level?).ok()?,
@@ -996,6 +998,7 @@ pub(crate) fn tenant(
         name: s.name,
         tenant_id: s.tenant_id,
         enabled: s.enabled,
+        playbooks: s.playbooks,
         api: s.api,
         streams: s.streams,
         sinks: s.sinks,
@@ -1016,6 +1019,7 @@ struct TenantScalars {
     name: String,
     tenant_id: String,
     enabled: bool,
+    playbooks: bool,
     api: Api,
     streams: Vec<Stream>,
     sinks: Vec<String>,
@@ -1111,6 +1115,7 @@ fn tenant_scalars(
         name: name?,
         tenant_id: tenant_id?,
         enabled: raw.enabled.unwrap_or(true),
+        playbooks: raw.playbooks.unwrap_or(true),
         api: api?,
         streams: streams?,
         sinks: sink_list?,

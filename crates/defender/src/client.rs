@@ -126,10 +126,10 @@ pub struct DefenderClient {
 }
 
 pub(crate) struct Inner {
-    http: reqwest::Client,
-    tokens: Arc<dyn TokenProvider>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) tokens: Arc<dyn TokenProvider>,
     pub(crate) options: ClientOptions,
-    limiter: RateLimiter,
+    pub(crate) limiter: RateLimiter,
     admission: Arc<Admission>,
     rng: Mutex<SmallRng>,
 }

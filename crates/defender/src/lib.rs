@@ -28,6 +28,7 @@ mod admission;
 mod auth_impl;
 mod client;
 mod error;
+mod machine_actions;
 pub mod odata_time;
 mod pager;
 mod parse;
@@ -40,6 +41,9 @@ pub use admission::{
 };
 pub use client::{ClientOptions, DefenderClient, FeedPaging, TenantTarget};
 pub use error::DefenderError;
+pub use machine_actions::{
+    MachineAction, MachineActionError, MachineActionKind, MachineActionRequest,
+};
 pub use pager::{Item, PagerStats, WindowPager};
 pub use parse::{parse_page, ItemFields, Page, PageItem, ParseError};
 pub use ratelimit::{

@@ -38,6 +38,8 @@ pub(crate) struct TenantPlan {
     pub(crate) overlap: Duration,
     pub(crate) availability_lag: Duration,
     pub(crate) first_fetch: Duration,
+    /// Whether playbooks may act on the tenant (its file's `playbooks`).
+    pub(crate) playbooks: bool,
 }
 
 impl TenantPlan {
@@ -87,6 +89,7 @@ pub(crate) fn tenant_plan(
         overlap: tenant.overlap,
         availability_lag: tenant.availability_lag,
         first_fetch: tenant.first_fetch,
+        playbooks: tenant.playbooks,
     })
 }
 

@@ -29,6 +29,8 @@ use crate::build::TenantPlan;
 use crate::error::chain;
 use crate::normalize::normalize;
 use crate::status::{FeedCell, SinkCell, TenantCell};
+use relay_playbooks::{audit, AlertFacts, AlertRef, Decider, ExecutorStats, Extra, Outcome};
+use relay_state::{ActionOp, ActionState, NewAction};
 
 /// How often "outbox full; pausing polls" is repeated per sink while a pause lasts.
 const PAUSE_LOG_EVERY: Duration = Duration::from_secs(300);
@@ -94,6 +96,15 @@ pub(crate) struct FeedTask {
     pub(crate) sink_names: Arc<[String]>,
     pub(crate) stats: Arc<FeedCell>,
     pub(crate) tenant: Arc<TenantCell>,
+    /// The playbooks' decider, for an alerts feed of a tenant some playbook may act on.
+    pub(crate) playbooks: Option<Playbooks>,
+}
+
+/// What a poll needs to decide on its alerts: the shared decider and the audit counters.
+#[derive(Clone)]
+pub(crate) struct Playbooks {
+    pub(crate) decider: Arc<Decider>,
+    pub(crate) stats: Arc<ExecutorStats>,
 }
 
 impl FeedTask {
@@ -262,6 +273,7 @@ impl FeedTask {
 
             let mut page_seen: Vec<(String, DateTime<Utc>)> = Vec::with_capacity(items.len());
             let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(items.len());
+            let mut decisions: Vec<NewAction> = Vec::new();
             for item in items {
                 // The store keeps 100-ns ticks; compare at that precision.
                 let key = (item.id.clone(), truncate_to_tick(item.last_update));
@@ -272,12 +284,19 @@ impl FeedTask {
                 let event = normalize(item);
                 payloads.push(event.to_outbox_bytes());
                 page_seen.push(key);
+                if let Some(p) = &self.playbooks {
+                    decide(p, &event, &mut decisions, &mut payloads);
+                }
             }
             if payloads.is_empty() {
                 continue;
             }
-            let appended = payloads.len() as u64;
-            let outcome = self
+            let appended = page_seen.len() as u64;
+            let actions: Vec<ActionOp> = decisions
+                .iter()
+                .map(|d| ActionOp::Insert(Box::new(d.clone())))
+                .collect();
+            let committed = self
                 .log
                 .commit(PollWrite {
                     tenant: tenant.to_owned(),
@@ -288,8 +307,21 @@ impl FeedTask {
                     sinks: Arc::clone(&self.sink_names),
                     prune_seen_before: from,
                     outcome: None,
+                    actions,
                 })
-                .await?;
+                .await;
+            if let Some(p) = &self.playbooks {
+                match &committed {
+                    // Not journaled: the re-poll decides these again.
+                    Err(_) => p.decider.forget(&decisions),
+                    Ok(_) => {
+                        for o in decisions.iter().filter_map(|d| first_outcome(d.state)) {
+                            p.stats.record(o);
+                        }
+                    }
+                }
+            }
+            let outcome = committed?;
             // Committed: from now on these versions are delivered.
             m.seen.extend(page_seen);
             events += appended;
@@ -469,6 +501,46 @@ fn same_auth(a: &AuthState, b: &AuthState) -> bool {
             },
         ) => x == y && p == q,
         _ => false,
+    }
+}
+
+/// The audit outcome of a decision's first state; `queued` (enforce) has none of its own:
+/// its audit is the executor's `sent` (or `failed`).
+fn first_outcome(state: ActionState) -> Option<Outcome> {
+    match state {
+        ActionState::WouldAct => Some(Outcome::WouldAct),
+        ActionState::Limited => Some(Outcome::Limited),
+        ActionState::AwaitingApproval => Some(Outcome::AwaitingApproval),
+        _ => None,
+    }
+}
+
+/// The playbooks' decisions on one alert version, appended with their audit events to
+/// the page's write (one transaction: decided once, audited once).
+fn decide(
+    p: &Playbooks,
+    event: &relay_sinks::Event,
+    decisions: &mut Vec<NewAction>,
+    payloads: &mut Vec<Vec<u8>>,
+) {
+    let Some(facts) = AlertFacts::of(event) else {
+        return;
+    };
+    let now = Utc::now();
+    let alert = AlertRef {
+        tenant: &event.tenant_name,
+        alert_id: &event.id,
+        feed: event.feed.as_str(),
+        severity: event.severity,
+    };
+    for d in p.decider.decide(alert, &facts, now) {
+        if let Some(outcome) = first_outcome(d.state) {
+            match audit::event(&event.tenant_id, &d, outcome, Extra::default(), now) {
+                Ok(e) => payloads.push(e.to_outbox_bytes()),
+                Err(error) => warn!(%error, "cannot build an audit event"),
+            }
+        }
+        decisions.push(d);
     }
 }
 

@@ -16,10 +16,12 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::build::{http_client, sink, tenant_auth, tenant_plan, HttpPurpose};
 use crate::error::PipelineError;
+use crate::poll::Playbooks;
 use crate::reload::{hec_overrides, Control, FeedSetup, Live, ReloadHandle, Spawner};
 use crate::sink_worker::{SinkRetry, SinkWorker, StopSignals};
 use crate::status::{EngineSources, SinkCell, StatusHandle};
 use crate::token_store::StateTokenStore;
+use relay_playbooks::{Decider, Executor, ExecutorStats, TenantInfo};
 
 /// Knobs that are not operator configuration: how the binary, the demo and tests run the
 /// relay. `Default` is what the daemon wants.
@@ -261,13 +263,26 @@ impl Relay {
         // One child token per tenant, so a tenant can be stopped alone (offboarding,
         // config reload) without touching the others.
         let poll_tasks = TaskTracker::new();
+        let poll_root = shutdown.child_token();
+        let playbooks = start_playbooks(
+            &status,
+            &config,
+            &state,
+            &writes,
+            &client,
+            &tenants,
+            &sink_cells,
+            &poll_tasks,
+            &poll_root,
+        )?;
         let spawner = Spawner {
             state: Arc::clone(&state),
             writes: writes.clone(),
             client,
             tokens,
-            poll_root: shutdown.child_token(),
+            poll_root,
             tracker: poll_tasks.clone(),
+            playbooks,
         };
         let running = tenants
             .into_iter()
@@ -326,3 +341,76 @@ impl Relay {
         Ok(report)
     }
 }
+
+/// The playbooks' decider, restored from the action journal, and the executor carrying
+/// out what it decides (spawned on the poll tracker: it stops with the polls, before the
+/// sinks drain, so its last audit events are delivered). `None` without playbooks.
+#[allow(clippy::too_many_arguments)]
+fn start_playbooks(
+    status: &StatusHandle,
+    config: &Config,
+    state: &Arc<StateStore>,
+    writes: &State,
+    client: &DefenderClient,
+    tenants: &[FeedSetup],
+    sinks: &[Arc<SinkCell>],
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<Option<Playbooks>, PipelineError> {
+    if config.playbooks.is_empty() {
+        return Ok(None);
+    }
+    let journal = state
+        .actions_in(&[])
+        .map_err(|source| PipelineError::State {
+            context: "cannot read the response-action journal".into(),
+            source: Box::new(source),
+        })?;
+    let decider = Arc::new(Decider::new(
+        config.playbooks.values().cloned().collect(),
+        &journal,
+    ));
+    let stats = Arc::new(ExecutorStats::default());
+    let infos = tenants
+        .iter()
+        .map(|t| {
+            let feed = t
+                .plan
+                .feeds
+                .iter()
+                .find(|f| f.stream() == relay_config::Stream::Alerts)
+                .map_or(relay_config::Feed::GraphAlerts.as_str(), |f| f.as_str());
+            let info = TenantInfo {
+                target: t.plan.target.clone(),
+                sinks: t.sinks.iter().map(|s| s.name.clone()).collect(),
+                feed,
+            };
+            (t.plan.name().to_owned(), info)
+        })
+        .collect();
+    let cells: Vec<Arc<SinkCell>> = sinks.to_vec();
+    let executor = Executor::new(
+        client.clone(),
+        writes.poll_log(),
+        Arc::clone(state),
+        infos,
+        Arc::clone(&stats),
+        EXECUTOR_EVERY,
+        Arc::new(move || cells.iter().for_each(|c| c.wake.notify_one())),
+    );
+    info!(
+        playbooks = config.playbooks.len(),
+        journal = journal.len(),
+        "response playbooks active"
+    );
+    tracker.spawn(
+        executor
+            .run(cancel.clone())
+            .instrument(info_span!("playbooks", stream = "actions")),
+    );
+    status.attach_actions(Arc::clone(&stats));
+    Ok(Some(Playbooks { decider, stats }))
+}
+
+/// How often the executor looks at the journal for work.
+const EXECUTOR_EVERY: Duration = Duration::from_secs(1);

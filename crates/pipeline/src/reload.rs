@@ -35,7 +35,7 @@ use crate::build::{
     prepare_auth, save_bootstrap, tenant_plan, with_stored_refresh_token, PreparedAuth, TenantPlan,
 };
 use crate::error::{chain, PipelineError};
-use crate::poll::FeedTask;
+use crate::poll::{FeedTask, Playbooks};
 use crate::status::{FeedCell, SinkCell, StatusHandle, TenantCell};
 
 const RESTART_HINT: &str = "systemctl restart xdr-relay";
@@ -167,6 +167,8 @@ pub(crate) struct Spawner {
     /// Parent of every tenant's token; a child of the shutdown token.
     pub(crate) poll_root: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// The playbooks, when any are configured (changing them needs a restart).
+    pub(crate) playbooks: Option<Playbooks>,
 }
 
 /// A tenant as built: its plan, the credential registered with the token manager, its
@@ -259,6 +261,11 @@ impl Spawner {
                     sinks: setup.sinks.clone(),
                     stats: Arc::clone(cell),
                     tenant: Arc::clone(&setup.tenant),
+                    playbooks: self.playbooks.clone().filter(|p| {
+                        feed.stream() == relay_config::Stream::Alerts
+                            && setup.plan.playbooks
+                            && p.decider.applies_to(setup.plan.name())
+                    }),
                 };
                 self.tracker
                     .spawn(task.run(cancel.clone()).instrument(span))
@@ -623,6 +630,7 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
         name,
         tenant_id,
         enabled,
+        playbooks,
         api,
         streams,
         sinks,
@@ -639,6 +647,7 @@ fn same_tenant(a: &TenantConfig, b: &TenantConfig) -> bool {
     } = a;
     *name == b.name
         && *tenant_id == b.tenant_id
+        && *playbooks == b.playbooks
         && *enabled == b.enabled
         && *api == b.api
         && *streams == b.streams
@@ -726,6 +735,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         source,
         sourcetype_incidents,
         sourcetype_alerts,
+        sourcetype_actions,
         host,
         gzip,
         gzip_level,
@@ -741,6 +751,7 @@ fn same_hec(a: &SplunkHecConfig, b: &SplunkHecConfig) -> bool {
         && *source == b.source
         && *sourcetype_incidents == b.sourcetype_incidents
         && *sourcetype_alerts == b.sourcetype_alerts
+        && *sourcetype_actions == b.sourcetype_actions
         && *host == b.host
         && *gzip == b.gzip
         && *gzip_level == b.gzip_level

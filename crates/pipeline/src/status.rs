@@ -7,6 +7,7 @@
 //! arrive, and the token requests of each tenant in the [`TokenManager`]. Everything resets
 //! when the process restarts (Prometheus counters are built for that).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,8 @@ struct Shared {
     retired: Mutex<Retired>,
     /// The shared parts whose counters the engine figures come from; set once built.
     engine: RwLock<Option<EngineSources>>,
+    /// The playbooks' audit counters, when playbooks run.
+    actions: RwLock<Option<Arc<relay_playbooks::ExecutorStats>>>,
 }
 
 /// Where [`EngineStats`] are read from.
@@ -100,12 +103,17 @@ impl StatusHandle {
                 sinks,
                 retired: Mutex::new(Retired::default()),
                 engine: RwLock::new(None),
+                actions: RwLock::new(None),
             }),
         }
     }
 
     pub(crate) fn attach_engine(&self, sources: EngineSources) {
         *self.inner.engine.write() = Some(sources);
+    }
+
+    pub(crate) fn attach_actions(&self, stats: Arc<relay_playbooks::ExecutorStats>) {
+        *self.inner.actions.write() = Some(stats);
     }
 
     fn engine(&self) -> EngineStats {
@@ -149,6 +157,18 @@ impl StatusHandle {
                 .collect(),
             sinks: self.inner.sinks.iter().map(|s| s.snapshot()).collect(),
             engine: self.engine(),
+            actions: self
+                .inner
+                .actions
+                .read()
+                .as_ref()
+                .map(|s| {
+                    s.snapshot()
+                        .into_iter()
+                        .map(|(o, n)| (o.as_str().to_string(), n))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -194,6 +214,9 @@ pub struct RelayStatus {
     pub sinks: Vec<SinkStats>,
     /// The admission gate and the state store.
     pub engine: EngineStats,
+    /// Playbook audit events since start, by outcome (`would_act`, `sent`, ...); empty
+    /// without playbooks.
+    pub actions: BTreeMap<String, u64>,
 }
 
 impl RelayStatus {

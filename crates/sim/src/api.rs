@@ -61,6 +61,7 @@ pub(crate) struct App {
     pub quotas: Quotas,
     pub faults: Faults,
     pub counters: Counters,
+    pub machine_actions: crate::machine_actions::MachineActions,
     pub base_url: Url,
     pub tenants: Vec<crate::SimTenant>,
 }
@@ -152,7 +153,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn new(feed: Feed, headers: &HeaderMap) -> Ctx {
+    pub(crate) fn new(feed: Feed, headers: &HeaderMap) -> Ctx {
         Ctx {
             family: Envelope::of(feed),
             client_request_id: headers
@@ -163,7 +164,7 @@ impl Ctx {
     }
 
     /// A JSON error in the family's envelope.
-    fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
+    pub(crate) fn error(&self, status: StatusCode, code: &str, message: &str) -> Response {
         let request_id = uuid::Uuid::new_v4().to_string();
         let (body, mut headers) = match self.family {
             Envelope::Graph => {
@@ -214,7 +215,7 @@ impl Ctx {
     }
 }
 
-fn unauthorized(ctx: &Ctx, e: &BearerError) -> Response {
+pub(crate) fn unauthorized(ctx: &Ctx, e: &BearerError) -> Response {
     match ctx.family {
         Envelope::Graph => {
             let message = match e {
@@ -326,7 +327,7 @@ fn too_many(ctx: &Ctx, limit: u32, window: &str, retry_after_secs: u64) -> Respo
     r
 }
 
-fn throttled(ctx: &Ctx, t: Throttled) -> Response {
+pub(crate) fn throttled(ctx: &Ctx, t: Throttled) -> Response {
     too_many(ctx, t.limit, &t.window_text(), t.retry_after_secs)
 }
 
@@ -819,6 +820,7 @@ async fn list(app: &App, feed: Feed, req: Request) -> Response {
                     Family::M365d => 50,
                     Family::Mde => 100,
                     Family::Graph => 150,
+                    Family::MachineActions => 100,
                 };
                 return too_many(&ctx, limit, "00:01:00", retry_after_secs);
             }

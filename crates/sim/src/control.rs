@@ -21,6 +21,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/_sim/tenants", get(tenants))
         .route("/_sim/ground-truth", get(ground_truth))
         .route("/_sim/stats", get(stats))
+        .route("/_sim/machine-actions", get(machine_actions))
         .route("/_sim/activity/pause", post(pause))
         .route("/_sim/activity/resume", post(resume))
         .route(
@@ -31,6 +32,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/_sim/tenants/{tenant_id}/{stream}/burst", post(burst))
         .route("/_sim/tenants/{tenant_id}/{stream}/{id}/touch", post(touch))
         .with_state(app)
+}
+
+async fn machine_actions(State(app): State<Arc<App>>) -> Response {
+    Json(app.machine_actions.requested()).into_response()
 }
 
 fn problem(status: StatusCode, message: String) -> Response {

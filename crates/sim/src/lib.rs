@@ -33,6 +33,7 @@ mod api;
 mod control;
 mod faults;
 mod gen;
+mod machine_actions;
 mod model;
 pub mod odata;
 mod quota;
@@ -40,6 +41,9 @@ mod server;
 mod world;
 
 pub use faults::{ApiFault, FaultKind};
+pub use machine_actions::{
+    MachineActionSettings, MachineActionType, MachinePermissions, RequestOutcome, RequestedAction,
+};
 pub use quota::QuotaLimits;
 pub use world::{CreatedIncident, WorldError, WorldStats};
 
@@ -127,6 +131,8 @@ pub struct SimConfig {
     pub payload: PayloadProfile,
     /// Faults active from the start, by tenant index (position in [`Sim::tenants`]).
     pub faults: Vec<(usize, ApiFault)>,
+    /// How machine actions (isolate, antivirus scan) progress.
+    pub machine_actions: MachineActionSettings,
 }
 
 impl Default for SimConfig {
@@ -151,6 +157,7 @@ impl Default for SimConfig {
             quota_limits: QuotaLimits::default(),
             payload: PayloadProfile::Realistic,
             faults: Vec::new(),
+            machine_actions: MachineActionSettings::default(),
         }
     }
 }
@@ -380,10 +387,15 @@ impl Sim {
             quotas: quota::Quotas::new(cfg.quota_limits, cfg.quotas_enabled, tenants.len()),
             faults,
             counters: api::Counters::default(),
+            machine_actions: machine_actions::MachineActions::new(
+                cfg.machine_actions,
+                tenants.len(),
+            ),
             base_url: base_url.clone(),
             tenants,
         });
         let router = api::router(app.clone())
+            .merge(machine_actions::router(app.clone()))
             .merge(control::router(app.clone()))
             .merge(entra.router())
             .fallback(|| async {
@@ -500,6 +512,30 @@ impl Sim {
         self.app
             .world
             .ground_truth_dwelling_from(min_dwell, Tick::from_datetime(since))
+    }
+
+    /// The tenant's machines (the devices its alerts name) as (MDE machine id, DNS name).
+    pub fn machines(&self, tenant_id: &str) -> Result<Vec<(String, String)>, SimError> {
+        let i = self.index(tenant_id)?;
+        Ok(self.app.world.machines(i))
+    }
+
+    /// Grants or withdraws the machine-action permissions of the tenant's app
+    /// (`Machine.Isolate`, `Machine.Scan`); both are granted at start.
+    pub fn set_machine_permissions(
+        &self,
+        tenant_id: &str,
+        permissions: MachinePermissions,
+    ) -> Result<(), SimError> {
+        let i = self.index(tenant_id)?;
+        self.app.machine_actions.set_permissions(i, permissions);
+        Ok(())
+    }
+
+    /// Every machine-action request that passed the token, permission and quota checks,
+    /// in arrival order, with what it was answered.
+    pub fn machine_action_requests(&self) -> Vec<RequestedAction> {
+        self.app.machine_actions.requested()
     }
 
     /// Stops creating and updating items (pending versions still become visible).

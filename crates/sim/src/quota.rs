@@ -21,6 +21,10 @@ pub struct QuotaLimits {
     pub mde_per_hour: u32,
     /// Graph `/security`, per minute.
     pub graph_per_minute: u32,
+    /// Machine actions (isolate, scan, ...) requested, per minute.
+    pub machine_actions_per_minute: u32,
+    /// Machine actions requested, per hour.
+    pub machine_actions_per_hour: u32,
 }
 
 impl Default for QuotaLimits {
@@ -31,6 +35,8 @@ impl Default for QuotaLimits {
             mde_per_minute: 100,
             mde_per_hour: 1_500,
             graph_per_minute: 150,
+            machine_actions_per_minute: 100,
+            machine_actions_per_hour: 1_500,
         }
     }
 }
@@ -46,6 +52,8 @@ impl QuotaLimits {
             mde_per_minute: s(self.mde_per_minute),
             mde_per_hour: s(self.mde_per_hour),
             graph_per_minute: s(self.graph_per_minute),
+            machine_actions_per_minute: s(self.machine_actions_per_minute),
+            machine_actions_per_hour: s(self.machine_actions_per_hour),
         }
     }
 
@@ -57,6 +65,10 @@ impl QuotaLimits {
             Family::Mde => [(self.mde_per_minute, MIN), (self.mde_per_hour, HOUR)],
             // Graph states no hourly limit.
             Family::Graph => [(self.graph_per_minute, MIN), (u32::MAX, HOUR)],
+            Family::MachineActions => [
+                (self.machine_actions_per_minute, MIN),
+                (self.machine_actions_per_hour, HOUR),
+            ],
         }
     }
 }
@@ -67,6 +79,8 @@ pub(crate) enum Family {
     M365d,
     Mde,
     Graph,
+    /// Machine-action requests: a budget of their own beside the MDE API's.
+    MachineActions,
 }
 
 impl Family {
@@ -83,6 +97,7 @@ impl Family {
             Family::M365d => 0,
             Family::Mde => 1,
             Family::Graph => 2,
+            Family::MachineActions => 3,
         }
     }
 }
@@ -113,7 +128,7 @@ struct Log {
 pub(crate) struct Quotas {
     limits: QuotaLimits,
     enabled: bool,
-    tenants: Vec<Mutex<[Log; 3]>>,
+    tenants: Vec<Mutex<[Log; 4]>>,
 }
 
 impl Quotas {

@@ -322,6 +322,28 @@ impl World {
         }
     }
 
+    /// The DNS name of the tenant's machine with this MDE id, if it has one.
+    pub fn machine(&self, tenant: usize, machine_id: &str) -> Option<String> {
+        let (_, cell) = self.tenants.get(tenant)?;
+        let t = cell.lock();
+        t.fx.devices
+            .iter()
+            .find(|d| d.mde_id == machine_id)
+            .map(|d| d.dns_name.clone())
+    }
+
+    /// The tenant's machines as (MDE id, DNS name).
+    pub fn machines(&self, tenant: usize) -> Vec<(String, String)> {
+        let Some((_, cell)) = self.tenants.get(tenant) else {
+            return Vec::new();
+        };
+        let t = cell.lock();
+        t.fx.devices
+            .iter()
+            .map(|d| (d.mde_id.clone(), d.dns_name.clone()))
+            .collect()
+    }
+
     /// The index of a tenant id.
     pub fn tenant_index(&self, tenant_id: &str) -> Option<usize> {
         self.by_id.get(tenant_id).copied()
@@ -520,6 +542,8 @@ impl World {
             let comment = gen::comment(&mut t.rng, &t.fx, t.cfg.payload, now);
             let mut ch = Changes::default();
             match stream {
+                // The relay writes audit events; the API has no such items.
+                Stream::Actions => return Err(unknown()),
                 Stream::Incidents => {
                     let key: u64 = id.parse().map_err(|_| unknown())?;
                     let inc = t
@@ -1130,6 +1154,7 @@ impl TenantState {
                     ch.incidents.insert(k);
                 }
             }
+            Stream::Actions => {}
         }
         ch
     }

@@ -23,13 +23,16 @@
 //! * empty values are left out, leading and trailing whitespace is trimmed (the standard
 //!   drops trailing spaces of the last pair anyway).
 
+mod action;
 mod doc;
 #[cfg(test)]
 mod legacy;
 mod mapping;
 
 use crate::event::{Event, Severity};
-use relay_config::Feed;
+use relay_config::{Feed, Stream};
+
+pub use action::{ACTIONS_PRODUCT, ACTIONS_VENDOR, ACTIONS_VERSION};
 
 /// `Device Vendor` of every line unless configured otherwise.
 pub const DEFAULT_VENDOR: &str = "Microsoft";
@@ -85,6 +88,11 @@ pub fn severity_number(s: Severity) -> u8 {
 
 /// Appends the CEF line of `event` to `out`, without a line terminator.
 pub fn encode(event: &Event, opts: &CefOptions, out: &mut String) {
+    if event.stream == Stream::Actions {
+        // Playbook audit events: the relay reports, not Defender (see `action.rs`).
+        action::encode(event, out);
+        return;
+    }
     mapping::encode(event, opts, out);
 }
 

@@ -240,6 +240,7 @@ fn stream_code(s: Stream) -> u8 {
     match s {
         Stream::Incidents => 1,
         Stream::Alerts => 2,
+        Stream::Actions => 3,
     }
 }
 
@@ -247,6 +248,7 @@ fn stream_from_code(c: u8) -> Option<Stream> {
     match c {
         1 => Some(Stream::Incidents),
         2 => Some(Stream::Alerts),
+        3 => Some(Stream::Actions),
         _ => None,
     }
 }

@@ -36,6 +36,8 @@ pub struct HecOptions {
     pub sourcetype_incidents: Option<Template>,
     /// `sourcetype` of `alerts` events; default [`default_sourcetype`] of the feed.
     pub sourcetype_alerts: Option<Template>,
+    /// `sourcetype` of playbook audit events; default [`ACTIONS_SOURCETYPE`].
+    pub sourcetype_actions: Option<Template>,
     /// `index`; omitted when `None`.
     pub index: Option<Template>,
 }
@@ -52,6 +54,9 @@ pub fn default_sourcetype(feed: Feed) -> &'static str {
         Feed::GraphAlerts => "ms365:defender:incident:alerts",
     }
 }
+
+/// The sourcetype of playbook audit events (stream `actions`) unless configured.
+pub const ACTIONS_SOURCETYPE: &str = "xdr:relay:actions";
 
 /// Appends the HEC envelope of `event` to `out` (no separator: HEC takes envelopes back to
 /// back).
@@ -80,6 +85,7 @@ pub fn encode_event(event: &Event, opts: &HecOptions, out: &mut Vec<u8>) {
     let sourcetype = match event.stream {
         Stream::Incidents => &opts.sourcetype_incidents,
         Stream::Alerts => &opts.sourcetype_alerts,
+        Stream::Actions => &opts.sourcetype_actions,
     };
     match sourcetype {
         Some(t) => {
@@ -87,6 +93,7 @@ pub fn encode_event(event: &Event, opts: &HecOptions, out: &mut Vec<u8>) {
             t.render_into(event, &mut scratch);
             json::write_str(out, &scratch);
         }
+        None if event.stream == Stream::Actions => json::write_str(out, ACTIONS_SOURCETYPE),
         None => json::write_str(out, default_sourcetype(event.feed)),
     }
     if let Some(t) = &opts.index {
@@ -159,6 +166,7 @@ mod tests {
             source: Some(Template::parse("defender:{tenant}").unwrap()),
             sourcetype_incidents: Some(Template::parse("defender:{stream}").unwrap()),
             sourcetype_alerts: Some(Template::parse("unused").unwrap()),
+            sourcetype_actions: None,
             index: Some(Template::parse("mssp_{tenant}").unwrap()),
         };
         assert_eq!(

@@ -257,6 +257,16 @@ pub enum StateError {
         cause: String,
     },
 
+    /// A response action was not in the state a change expected (another writer moved
+    /// it first, or it does not exist).
+    #[error("response action {id} is {state}; nothing changed")]
+    ActionConflict {
+        /// The journal row.
+        id: i64,
+        /// Its state, or `missing`.
+        state: String,
+    },
+
     /// The writer thread of the async face is gone: the relay is shutting down, or the
     /// thread panicked.
     #[error("state file {path}: the state writer has stopped")]

@@ -29,7 +29,10 @@ pub mod types;
 pub use error::{Result, StateError};
 pub use key::{StateKey, KEY_LEN};
 pub use lock::{InstanceLock, LockError};
-pub use store::{Credentials, Outbox, PollLog, PollWrite, State, StateStore, StatusReader};
+pub use store::{
+    ActionKey, ActionOp, ActionRecord, ActionState, Credentials, NewAction, Outbox, PollLog,
+    PollWrite, State, StateStore, StatusReader,
+};
 pub use ticks::truncate_to_tick;
 pub use types::{
     AuthState, CommitOutcome, FeedStatus, OutboxDepth, OutboxLimit, OutboxRow, PollCommit,

@@ -12,7 +12,7 @@ pub(crate) const APPLICATION_ID: i32 = 0x5844_5252;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only: a released
 /// migration is never edited, since files in the field already ran it.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes and reads.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -115,6 +115,34 @@ CREATE INDEX outbox_by_segment ON outbox (segment) WHERE segment IS NOT NULL;
 // due is shown by `status` (NULL while the tenant is fine, and for states recorded by V3).
 const V4: &str = r#"
 ALTER TABLE tenant_auth ADD COLUMN next_probe_ticks INTEGER;
+"#;
+
+// V5: the response-action journal (store/actions.rs). The unique key is the idempotency
+// key: a playbook acts once per (tenant, alert, device), whatever later versions say.
+const V5: &str = r#"
+CREATE TABLE actions (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    playbook          TEXT NOT NULL CHECK (length(playbook) BETWEEN 1 AND 256),
+    tenant            TEXT NOT NULL CHECK (length(tenant) BETWEEN 1 AND 256),
+    alert_id          TEXT NOT NULL CHECK (length(alert_id) BETWEEN 1 AND 1024),
+    device_id         TEXT NOT NULL CHECK (length(device_id) BETWEEN 1 AND 256),
+    action            TEXT NOT NULL,
+    option            TEXT NOT NULL,
+    mode              TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    reason            TEXT,
+    incident_id       TEXT,
+    device_name       TEXT,
+    alert_title       TEXT,
+    feed              TEXT NOT NULL,
+    machine_action_id TEXT,
+    detail            TEXT,
+    created_ticks     INTEGER NOT NULL,
+    updated_ticks     INTEGER NOT NULL,
+    UNIQUE (playbook, tenant, alert_id, device_id)
+);
+CREATE INDEX actions_by_created ON actions (created_ticks);
+CREATE INDEX actions_by_state ON actions (state);
 "#;
 
 /// What the file header says about the database.

@@ -1565,9 +1565,11 @@ fn len_i64(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
 }
 
+mod actions;
 mod group;
 mod handle;
 
+pub use actions::{ActionKey, ActionOp, ActionRecord, ActionState, NewAction};
 pub use group::PollWrite;
 pub use handle::{Credentials, Outbox, PollLog, State, StatusReader};
 

@@ -74,6 +74,7 @@ fn page(i: i64) -> PollWrite {
         sinks: Arc::from(vec!["splunk".to_owned()]),
         prune_seen_before: at(0),
         outcome: Some(Ok(())),
+        actions: Vec::new(),
     }
 }
 

@@ -328,6 +328,7 @@ async fn reload_changes_a_tenants_hec_labels_live() {
             source: None,
             sourcetype_incidents: None,
             sourcetype_alerts: None,
+            sourcetype_actions: None,
             host: None,
             gzip: true,
             gzip_level: relay_config::DEFAULT_GZIP_LEVEL,

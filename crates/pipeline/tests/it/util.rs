@@ -87,6 +87,7 @@ pub fn config(sim: &Sim, specs: &[TenantSpec], dir: &Path, sink_dir: &Path) -> C
                 name: tenant_name(s.sim_index),
                 tenant_id: t.tenant_id.clone(),
                 enabled: true,
+                playbooks: true,
                 api: s.api,
                 streams: vec![Stream::Incidents, Stream::Alerts],
                 sinks: vec!["out".to_string()],
@@ -134,6 +135,7 @@ pub fn config(sim: &Sim, specs: &[TenantSpec], dir: &Path, sink_dir: &Path) -> C
         admin: AdminConfig::default(),
         outbox: OutboxConfig::default(),
         sinks,
+        playbooks: BTreeMap::new(),
         tenants,
     }
 }

@@ -101,6 +101,10 @@ impl SplunkHecSinkConfig {
                 key("sourcetypes.alerts"),
                 hec.sourcetype_alerts.as_deref(),
             ),
+            sourcetype_actions: template(
+                key("sourcetypes.actions"),
+                hec.sourcetype_actions.as_deref(),
+            ),
             index: template(key("index"), hec.index.as_deref()),
         };
         let mut tenant_options = HashMap::new();

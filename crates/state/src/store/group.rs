@@ -60,6 +60,10 @@ pub struct PollWrite {
     /// Records how the poll ended (for `status`) in the same commit: `Err` carries the
     /// error text. `None` for the pages before the last.
     pub outcome: Option<std::result::Result<(), String>>,
+    /// Response-action journal changes committed with these events (see
+    /// `store/actions.rs`): a playbook's decisions on the page's alerts, and their audit
+    /// events in `payloads`.
+    pub actions: Vec<super::ActionOp>,
 }
 
 /// A write and where its result goes.
@@ -339,6 +343,9 @@ impl StateStore {
                                 now,
                             )
                             .and_then(|outcome| {
+                                if !write.actions.is_empty() {
+                                    super::actions::apply(sp, &self.path, &write.actions, now)?;
+                                }
                                 if let Some(ended) = &write.outcome {
                                     self.record_poll_in(
                                         sp,
@@ -531,6 +538,7 @@ mod tests {
             sinks: Arc::from(vec!["a".to_owned(), "b".to_owned()]),
             prune_seen_before: secs(i - 10),
             outcome: last.then_some(Ok(())),
+            actions: Vec::new(),
         }
     }
 
