@@ -180,7 +180,10 @@ pub struct Received {
 }
 
 /// Reads every partition of `topics` from the beginning, without a consumer group, until
-/// `expected` records arrived or `timeout` passed (then returns what it has).
+/// `expected` records arrived and every partition was read to the end it had when the
+/// call began, or `timeout` passed (then returns what it has). Reading to the end matters
+/// when records repeat: a count alone could be reached by duplicates while records
+/// further on were never read.
 pub fn consume(
     bootstrap: &str,
     topics: &[&str],
@@ -196,6 +199,10 @@ pub fn consume(
         .set("enable.partition.eof", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
+    // Where each partition ends now, and where reading has got to: reading stops once
+    // `expected` records are in *and* every partition was read to its end, so records
+    // beyond the count (duplicates) cannot hide records that are not.
+    let mut ends: Vec<(String, i32, i64)> = Vec::new();
     for topic in topics {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let t = md
@@ -207,32 +214,45 @@ pub fn consume(
         }
         for p in t.partitions() {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            ends.push((topic.to_string(), p.id(), high));
         }
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < expected && Instant::now() < deadline {
+    let mut out: Vec<Received> = Vec::new();
+    // The next offset to read, per entry of `ends`.
+    let mut next: Vec<i64> = vec![0; ends.len()];
+    let at_end = |next: &[i64]| ends.iter().zip(next).all(|((_, _, high), n)| n >= high);
+    while (out.len() < expected || !at_end(&next)) && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             // Errors here are events of the consumer (no group coordinator, a broker
             // reconnecting), not lost records; a short read shows up in the count.
             Some(Err(e)) => eprintln!("test consumer: {e}"),
-            Some(Ok(m)) => out.push(Received {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                value: m.payload().unwrap_or_default().to_vec(),
-            }),
+            Some(Ok(m)) => {
+                if let Some(i) = ends
+                    .iter()
+                    .position(|(t, p, _)| t == m.topic() && *p == m.partition())
+                {
+                    next[i] = next[i].max(m.offset() + 1);
+                }
+                out.push(Received {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                })
+            }
         }
     }
     Ok(out)
